@@ -1,0 +1,99 @@
+// model.h — the Llama-family decoder on the CPU in fp32: the reference implementation.
+//
+// Layout conventions (Hugging Face, so HF checkpoints load without reshuffling):
+//   weight matrices are (out, in) row-major; RoPE rotates halves (rotate_half), not
+//   interleaved pairs — loaders of llama2.c files permute wq/wk rows into this layout.
+//
+// Shapes: B batch, T time, C dim, F hidden_dim, L layers, H heads, KV kv heads,
+//         hs = C/H head size, V vocab.
+#ifndef SAFE_MODEL_H
+#define SAFE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int dim;          // C
+    int hidden_dim;   // F
+    int n_layers;     // L
+    int n_heads;      // H
+    int n_kv_heads;   // KV, divides H
+    int vocab_size;   // V
+    int max_seq_len;  // longest sequence the model was trained for
+    float rope_theta; // 10000 for llama2.c models
+    float norm_eps;   // RMSNorm epsilon
+    int qkv_bias;     // 1: q/k/v projections have biases (Qwen2)
+    int tied;         // 1: LM head is the token embedding
+} ModelConfig;
+
+// Typed views into one flat parameter (or gradient) buffer.
+typedef struct {
+    float *tok_emb;    // (V, C)
+    float *attn_norm;  // (L, C)
+    float *wq;         // (L, H*hs, C)
+    float *wk;         // (L, KV*hs, C)
+    float *wv;         // (L, KV*hs, C)
+    float *bq;         // (L, H*hs)   NULL unless qkv_bias
+    float *bk;         // (L, KV*hs)  NULL unless qkv_bias
+    float *bv;         // (L, KV*hs)  NULL unless qkv_bias
+    float *wo;         // (L, C, H*hs)
+    float *ffn_norm;   // (L, C)
+    float *w1;         // (L, F, C)  gate
+    float *w2;         // (L, C, F)  down
+    float *w3;         // (L, F, C)  up
+    float *final_norm; // (C)
+    float *lm_head;    // (V, C)  == tok_emb when tied
+} ParamViews;
+
+typedef struct ModelActs ModelActs;  // activations kept for backward (model.c)
+
+typedef struct {
+    ModelConfig cfg;
+    size_t n_params;   // floats in the flat buffers
+    float *params;     // (n_params) one allocation
+    ParamViews w;
+    float *grads;      // (n_params) lazily allocated by model_zero_grad
+    ParamViews g;
+    // outputs of the last model_forward:
+    int B, T;
+    float *hidden;     // (B, T, C) final-norm output: the "last hidden state"
+    float *logits;     // (B, T, V) or NULL when the forward was asked for no logits
+    ModelActs *acts;
+} Model;
+
+size_t model_param_count(const ModelConfig *cfg);
+int model_config_check(const ModelConfig *cfg, char *why, size_t why_len);  // 0 ok
+Model *model_create(const ModelConfig *cfg);        // params zeroed
+void model_free(Model *m);
+void model_init_random(Model *m, uint64_t seed, float std);   // for tests and benchmarks
+Model *model_clone(const Model *m);                  // weights only
+
+// Batched forward over (B, T). mask (B, T): 1 = real token, 0 = padding. Prompts may be
+// left-padded and responses right-padded: position ids count the valid tokens before each
+// position, and padding is never attended to. Fills m->hidden and (when want_logits) m->logits.
+void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, int T, int want_logits);
+
+// Backward of the last model_forward. dlogits (B,T,V) and/or dhidden (B,T,C) may be NULL.
+// Accumulates (+=) into m->grads; call model_zero_grad first.
+void model_backward(Model *m, const float *dlogits, const float *dhidden);
+void model_zero_grad(Model *m);
+
+// ---- incremental decoding ----
+typedef struct {
+    int B, T_max, L, kv_dim;
+    float *k, *v;      // (L, B, T_max, KV*hs)
+    int *len;          // (B) tokens cached per row
+} KVCache;
+
+KVCache *kvcache_create(const ModelConfig *cfg, int B, int T_max);
+void kvcache_free(KVCache *kv);
+void kvcache_reset_row(KVCache *kv, int row);
+// Append prompts[i] (lens[i] tokens) to rows[i] of the cache for i < n, and write the logits
+// after each row's last token to logits_out (n, V). One batched pass.
+void model_prefill(Model *m, KVCache *kv, int n, const int *rows, const int32_t *const *prompts,
+                   const int *lens, float *logits_out);
+// Append one token to each of rows[0..n) and write the next-token logits (n, V).
+// Rows not listed are untouched, so finished sequences cost nothing.
+void model_decode(Model *m, KVCache *kv, int n, const int *rows, const int32_t *tokens, float *logits_out);
+
+#endif

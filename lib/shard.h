@@ -95,4 +95,32 @@ void shard_write(ShardWriter *w, const Record *base, const Fields *add);
 void shard_commit(ShardWriter *w);   // flush, close, rename; frees w
 void shard_abort(ShardWriter *w);    // remove the temp file; frees w
 
+// ---- additions (issue 2) ----
+// dtypes. The header's "dtypes" map names the element type ("i32" or "f32") of every bin
+// field. shard_write_header fills it from, later winning: the built-in schema below, the
+// base header's "dtypes", a "dtypes" map in `add`, and shard_declare() calls. shard_write
+// dies (exit 3) when an added fields_i32s/fields_f32s field has no dtype or another one.
+void shard_declare(ShardWriter *w, const char *key, const char *dtype);   // before the header
+// The built-in schema: every bin field the safe tools write (see man/safe-shard.5).
+typedef struct { const char *name; const char *dtype; } ShardDtype;
+extern const ShardDtype shard_schema[];
+extern const size_t shard_schema_len;
+const char *shard_schema_dtype(const char *key);          // "i32", "f32" or NULL
+// dtype of `key` in the reader's header "dtypes", else the built-in schema, else NULL.
+const char *shard_dtype(ShardReader *r, const char *key);
+
+// Open a stream that is already open (safe-cat peeks at it first); takes ownership of z.
+struct ZIn;
+ShardReader *shard_open_zin(struct ZIn *z);
+long shard_records_read(ShardReader *r);     // records returned by shard_next so far
+
+void shard_flush(ShardWriter *w);            // make the records so far readable downstream
+long shard_records_written(ShardWriter *w);
+const char *shard_writer_path(ShardWriter *w);
+
+// Pack one value of any type yourself: returns a packer; pack exactly one msgpack value
+// with it before the next fields_* call (e.g. the "reward_components" map).
+msgpack_packer *fields_packer(Fields *f, const char *key);
+int fields_count(const Fields *f);           // live entries (drops included)
+
 #endif

@@ -1,0 +1,73 @@
+// checkpoint.h — checkpoints as directories in the Hugging Face layout, and model loading.
+//
+//   DIR/config.json              LlamaForCausalLM (or Qwen2ForCausalLM when q/k/v have biases)
+//   DIR/model.safetensors        F32, HF tensor names (model.layers.N.self_attn.q_proj.weight...)
+//   DIR/tokenizer.bin            copy of the llama2.c tokenizer: the checkpoint is self-contained
+//   DIR/optimizer.safetensors    optional: AdamW exp_avg, exp_avg_sq (flat, n_params); step and
+//                                hyper-parameters in __metadata__
+//   DIR/trainer_state.json       optional: the caller's JSON object (step, RNG seed/counter, ...)
+//   DIR/<group>.safetensors      optional named tensor groups, e.g. value_head.safetensors
+//
+// Saving writes everything into "DIR.tmp.<pid>" and renames it to DIR at the end; an existing
+// DIR is renamed away first and removed after the new one is in place, so a killed process
+// never leaves a half-written checkpoint under the final name.
+//
+// model_load() takes a llama2.c .bin file or a checkpoint directory (also HF model
+// directories: F32/F16/BF16 safetensors, single or sharded with model.safetensors.index.json).
+// Every loading error exits with status 2 and names the file (and tensor).
+#ifndef SAFE_CHECKPOINT_H
+#define SAFE_CHECKPOINT_H
+
+#include <jansson.h>
+
+#include "adamw.h"        // AdamW: optimizer state to save/restore
+#include "model.h"        // Model, ModelConfig
+#include "safetensors.h"  // StTensor: named float32 tensors
+
+// A named group of tensors saved as DIR/<name>.safetensors (e.g. the critic's value head).
+typedef struct {
+    const char *name;       // file stem: "value_head" -> value_head.safetensors
+    const StTensor *t;      // (n) tensors; names are the caller's ("value_head.ln.weight", ...)
+    int n;
+} TensorGroup;
+
+typedef struct {
+    const char *tokenizer_path;  // copied to DIR/tokenizer.bin; NULL: no tokenizer
+    int bos_id, eos_id;          // written to config.json; < 0: omitted
+    const AdamW *opt;            // optimizer.safetensors; NULL: none
+    json_t *trainer_state;       // trainer_state.json (borrowed; any JSON object); NULL: none
+    const TensorGroup *groups;   // (n_groups) extra tensor files
+    int n_groups;
+} CheckpointParts;
+
+// Save m (and the parts) as checkpoint directory `dir`. parts may be NULL. Dies (exit 3) on
+// I/O errors; a leftover temporary directory is removed on the way out.
+void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *parts);
+
+// 1 when path is a directory with a config.json.
+int checkpoint_is_dir(const char *path);
+// Read DIR/config.json into a ModelConfig (HF Llama/Qwen2 keys). Dies (exit 2) naming the
+// file and key on missing or unsupported settings.
+ModelConfig checkpoint_read_config(const char *dir);
+Model *checkpoint_load_model(const char *dir);
+// Restore optimizer moments and step into opt (opt->n must match). 1 = loaded, 0 = no file.
+int checkpoint_load_optimizer(const char *dir, AdamW *opt);
+// trainer_state.json as a new reference (caller json_decref's), or NULL when absent.
+json_t *checkpoint_load_trainer_state(const char *dir);
+// Fill the caller's tensors (names, shapes and buffers given in t) from DIR/<name>.safetensors;
+// shapes must match. 1 = loaded, 0 = no such file.
+int checkpoint_load_group(const char *dir, const char *name, const StTensor *t, int n);
+
+// The model's tensors under their HF names, pointing into m->params (biases only with
+// qkv_bias, lm_head only when untied). Returns the count; out needs checkpoint_tensor_count.
+int checkpoint_tensor_count(const ModelConfig *cfg);
+int checkpoint_model_tensors(const Model *m, StTensor *out);
+
+// A llama2.c .bin file or a checkpoint directory.
+Model *model_load(const char *path);
+// The tokenizer that goes with a model: DIR/tokenizer.bin for a directory; for a .bin file the
+// tok*.bin beside it whose token count matches the model. malloc'd path; dies (exit 2) with a
+// hint to pass --tokenizer when there is none or several.
+char *model_tokenizer_path(const char *model_path);
+
+#endif

@@ -1,0 +1,28 @@
+// matmul.h — batch-invariant fp32 matrix products for the CPU engine.
+//
+// Every output element is a fixed-order reduction over its own input row and weight row: the
+// same bits whatever the number of rows N, the row's place in the batch, the tiling or the
+// number of threads. So a sequence gets the same logits alone, padded in a batch, or one token
+// at a time through the KV cache (a BLAS sgemm does not promise that: its kernels and blocking
+// change with the matrix shape). The instruction set (AVX-512, AVX2+FMA, plain C) is picked
+// once at run time; results are identical on one machine, not across instruction sets.
+#ifndef SAFE_MATMUL_H
+#define SAFE_MATMUL_H
+
+// out (N,OC) = inp (N,K) @ w^T + bias, with w (OC,K) row-major ("NT": both operands have K
+// contiguous) and bias (OC) or NULL. accumulate: out += instead of out =.
+void matmul_nt(float *out, const float *inp, const float *w, const float *bias, int N, int K, int OC,
+               int accumulate);
+
+// The same with row strides (in floats) for out, inp and w: operate on column blocks.
+void matmul_nt_ld(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, const float *bias,
+                  int N, int K, int OC, int accumulate);
+
+// dst (C,R) = src (R,C)^T; the _ld form with row strides ldd (of dst) and lds (of src).
+void transpose(float *dst, const float *src, int R, int C);
+void transpose_ld(float *dst, int ldd, const float *src, int lds, int R, int C);
+
+// Name of the kernel in use: "avx512", "avx2" or "generic".
+const char *matmul_isa(void);
+
+#endif

@@ -1,0 +1,889 @@
+// model.c — the Llama-family decoder on the CPU in fp32 (the reference backend).
+//
+//   x = tok_emb[token]                                   (zero at padded positions)
+//   per layer:  h = rmsnorm(x) ; q,k,v = h W^T (+ b) ; rope(q,k) ; a = attention(q,k,v)
+//               x = x + a wo^T
+//               h = rmsnorm(x) ; x = x + (silu(h w1^T) * (h w3^T)) w2^T
+//   hidden = rmsnorm(x) ; logits = hidden lm_head^T
+//
+// Every layer is a pair layer_forward / layer_backward below; backward functions accumulate
+// (+=) into parameter gradients. Big products go to cblas_sgemm; attention and element-wise
+// loops are split over OpenMP threads by independent outputs, and every reduction runs in a
+// fixed order on one thread, so results do not depend on the number of threads.
+//
+// Padding: padded positions get a zero embedding and are never attended to, so their residual
+// stream, hidden state and logits stay exactly zero and they add nothing to any gradient.
+//
+// Attention keeps no (T,T) probability matrix: the forward stores the log-sum-exp of each
+// softmax row and the backward recomputes the probabilities (memory O(B*H*T), not O(B*H*T^2)).
+#include "model.h"
+
+#include "common.h"   // die, xmalloc/xcalloc, exit codes
+#include "mathfn.h"   // exp_approx
+#include "matmul.h"   // matmul_nt: batch-invariant products; transpose
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Element counts below which a loop runs on one thread (a parallel region costs microseconds).
+#define PAR_MIN 32768
+
+// ---------------------------------------------------------------------------------------------
+// parameters: one flat buffer, a table of sizes, typed views
+
+enum {
+    P_TOK_EMB, P_ATTN_NORM, P_WQ, P_WK, P_WV, P_BQ, P_BK, P_BV, P_WO,
+    P_FFN_NORM, P_W1, P_W2, P_W3, P_FINAL_NORM, P_LM_HEAD, NPARAM
+};
+
+// sizes (floats) of each tensor in buffer order; zero for absent ones (biases, tied head)
+static void param_sizes(const ModelConfig *c, size_t s[NPARAM]) {
+    size_t C = c->dim, F = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
+    size_t hs = C / c->n_heads, qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs;
+    s[P_TOK_EMB] = V * C;
+    s[P_ATTN_NORM] = L * C;
+    s[P_WQ] = L * qd * C;
+    s[P_WK] = L * kvd * C;
+    s[P_WV] = L * kvd * C;
+    s[P_BQ] = c->qkv_bias ? L * qd : 0;
+    s[P_BK] = c->qkv_bias ? L * kvd : 0;
+    s[P_BV] = c->qkv_bias ? L * kvd : 0;
+    s[P_WO] = L * C * qd;
+    s[P_FFN_NORM] = L * C;
+    s[P_W1] = L * F * C;
+    s[P_W2] = L * C * F;
+    s[P_W3] = L * F * C;
+    s[P_FINAL_NORM] = C;
+    s[P_LM_HEAD] = c->tied ? 0 : V * C;
+}
+
+static void param_views(const ModelConfig *c, float *base, ParamViews *v) {
+    float **slot[NPARAM] = {&v->tok_emb, &v->attn_norm, &v->wq, &v->wk, &v->wv, &v->bq, &v->bk,
+                            &v->bv, &v->wo, &v->ffn_norm, &v->w1, &v->w2, &v->w3,
+                            &v->final_norm, &v->lm_head};
+    size_t s[NPARAM];
+    param_sizes(c, s);
+    float *p = base;
+    for (int i = 0; i < NPARAM; i++) {
+        *slot[i] = s[i] ? p : NULL;
+        p += s[i];
+    }
+    if (c->tied) v->lm_head = v->tok_emb;  // one buffer: the head's gradient lands in tok_emb
+}
+
+size_t model_param_count(const ModelConfig *cfg) {
+    size_t s[NPARAM], n = 0;
+    param_sizes(cfg, s);
+    for (int i = 0; i < NPARAM; i++) n += s[i];
+    return n;
+}
+
+int model_config_check(const ModelConfig *c, char *why, size_t why_len) {
+    const char *msg = NULL;
+    if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->vocab_size <= 0)
+        msg = "dim, hidden_dim, n_layers and vocab_size must be positive";
+    else if (c->n_heads <= 0 || c->n_kv_heads <= 0)
+        msg = "n_heads and n_kv_heads must be positive";
+    else if (c->dim % c->n_heads != 0)
+        msg = "n_heads must divide dim";
+    else if ((c->dim / c->n_heads) % 2 != 0)
+        msg = "the head size dim/n_heads must be even (RoPE rotates pairs)";
+    else if (c->n_heads % c->n_kv_heads != 0)
+        msg = "n_kv_heads must divide n_heads";
+    else if (!(c->rope_theta > 0.0f))
+        msg = "rope_theta must be positive";
+    else if (!(c->norm_eps > 0.0f))
+        msg = "norm_eps must be positive";
+    else if (c->max_seq_len < 0)
+        msg = "max_seq_len must not be negative";
+    if (msg && why && why_len) snprintf(why, why_len, "%s", msg);
+    return msg != NULL;
+}
+
+// ---------------------------------------------------------------------------------------------
+// private state: activations kept for backward, backward scratch, decode scratch, RoPE table
+
+struct ModelActs {
+    // forward activations for (B,T): one flat buffer, views below (N = B*T)
+    float *buf;
+    size_t cap;       // floats allocated in buf
+    float *res;       // (L+1, N, C) residual stream entering layer l; res[L] enters the final norm
+    float *ln1;       // (L, N, C) attention-norm output (input of wq, wk, wv)
+    float *ln1_rstd;  // (L, N) 1/rms, for the norm's backward
+    float *q;         // (L, N, H*hs) queries after RoPE
+    float *k;         // (L, N, KV*hs) keys after RoPE
+    float *v;         // (L, N, KV*hs) values
+    float *atty;      // (L, N, H*hs) attention output (input of wo)
+    float *lse;       // (L, N, H) log-sum-exp of each query's scores: backward recomputes p
+    float *mid;       // (L, N, C) residual after attention (input of the ffn norm)
+    float *ln2;       // (L, N, C) ffn-norm output (input of w1, w3)
+    float *ln2_rstd;  // (L, N)
+    float *h1;        // (L, N, F) w1 x: gate pre-activation
+    float *h3;        // (L, N, F) w3 x: up projection
+    float *gate;      // (L, N, F) silu(h1) * h3 (input of w2)
+    float *lnf_rstd;  // (N)
+    float *hidden;    // (N, C) final-norm output
+    int *pos;         // (N) position ids
+    size_t pos_cap;
+    float *logits;    // (N, V) separate: only when asked for
+    size_t logits_cap;
+    int32_t *tokens;  // (N) copy of the last forward's tokens (embedding backward)
+    uint8_t *mask;    // (N) copy of the last forward's mask
+    size_t tok_cap;
+
+    // backward scratch, one layer's worth: one flat buffer
+    float *gbuf;
+    size_t gcap;
+    float *tbuf;      // transposed weight / gradient blocks (matmul_backward)
+    size_t tcap;
+    float *xT;        // (C or F, N) a transposed forward input
+    size_t xtcap;
+
+    // decode scratch (model_prefill/model_decode): one flat buffer
+    float *dbuf;
+    size_t dcap;
+
+    // RoPE table: cos/sin (n_pos, hs/2) in float, computed in double
+    float *rope_cos, *rope_sin;
+    int rope_npos;
+};
+
+static float *grow(float *p, size_t *cap, size_t need) {
+    if (need <= *cap) return p;
+    free(p);
+    *cap = need;
+    return xmalloc(need * sizeof(float));
+}
+
+// Make sure the RoPE table covers positions [0, npos).
+static void rope_ensure(Model *m, int npos) {
+    ModelActs *a = m->acts;
+    if (npos <= a->rope_npos) return;
+    int n = a->rope_npos ? a->rope_npos : 64;
+    while (n < npos) n *= 2;
+    int hs = m->cfg.dim / m->cfg.n_heads, half = hs / 2;
+    free(a->rope_cos);
+    free(a->rope_sin);
+    a->rope_cos = xmalloc((size_t)n * half * sizeof(float));
+    a->rope_sin = xmalloc((size_t)n * half * sizeof(float));
+    for (int p = 0; p < n; p++) {
+        for (int i = 0; i < half; i++) {
+            // inv_freq_i = theta^(-2i/hs), the frequency of pair (i, i + hs/2)
+            double inv_freq = pow((double)m->cfg.rope_theta, -2.0 * i / hs);
+            double ang = (double)p * inv_freq;
+            a->rope_cos[(size_t)p * half + i] = (float)cos(ang);
+            a->rope_sin[(size_t)p * half + i] = (float)sin(ang);
+        }
+    }
+    a->rope_npos = n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// model lifetime
+
+Model *model_create(const ModelConfig *cfg) {
+    char why[200];
+    if (model_config_check(cfg, why, sizeof why)) die(EXIT_BADINPUT, "model config: %s", why);
+    Model *m = xcalloc(1, sizeof(Model));
+    m->cfg = *cfg;
+    m->n_params = model_param_count(cfg);
+    m->params = xcalloc(m->n_params, sizeof(float));
+    param_views(cfg, m->params, &m->w);
+    m->acts = xcalloc(1, sizeof(ModelActs));
+    return m;
+}
+
+void model_free(Model *m) {
+    if (!m) return;
+    ModelActs *a = m->acts;
+    if (a) {
+        free(a->buf);
+        free(a->pos);
+        free(a->logits);
+        free(a->tokens);
+        free(a->mask);
+        free(a->gbuf);
+        free(a->tbuf);
+        free(a->xT);
+        free(a->dbuf);
+        free(a->rope_cos);
+        free(a->rope_sin);
+        free(a);
+    }
+    free(m->params);
+    free(m->grads);
+    free(m);
+}
+
+Model *model_clone(const Model *src) {
+    Model *m = model_create(&src->cfg);
+    memcpy(m->params, src->params, src->n_params * sizeof(float));
+    return m;
+}
+
+// splitmix64 -> uniform -> Box-Muller normal; deterministic for a seed
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void model_init_random(Model *m, uint64_t seed, float std) {
+    uint64_t s = seed;
+    for (size_t i = 0; i < m->n_params; i += 2) {
+        double u1 = ((splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;  // (0,1)
+        double u2 = ((splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;
+        double r = sqrt(-2.0 * log(u1));
+        m->params[i] = (float)(std * r * cos(2.0 * M_PI * u2));
+        if (i + 1 < m->n_params) m->params[i + 1] = (float)(std * r * sin(2.0 * M_PI * u2));
+    }
+    // norm weights start at one
+    const ModelConfig *c = &m->cfg;
+    for (size_t i = 0; i < (size_t)c->n_layers * c->dim; i++) m->w.attn_norm[i] = m->w.ffn_norm[i] = 1.0f;
+    for (int i = 0; i < c->dim; i++) m->w.final_norm[i] = 1.0f;
+}
+
+void model_zero_grad(Model *m) {
+    if (!m->grads) {
+        m->grads = xcalloc(m->n_params, sizeof(float));
+        param_views(&m->cfg, m->grads, &m->g);
+    } else {
+        memset(m->grads, 0, m->n_params * sizeof(float));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// layers: forward and backward side by side
+
+// out (N,OC) = inp (N,C) @ w^T (w: (OC,C)) + bias (OC, may be NULL); accumulate: out += instead.
+// Batch-invariant (matmul.h): a row's result does not depend on the other rows.
+static void matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                           int N, int C, int OC, int accumulate) {
+    matmul_nt(out, inp, w, bias, N, C, OC, accumulate);
+}
+
+// Given dout (N,OC) and the forward input transposed, inpT (C,N):
+//   dinp (N,C) (+)= dout @ w  (accumulate_dinp chooses),  dw (OC,C) += dout^T @ inp,
+//   dbias (OC) += column sums of dout.  dinp, dw, dbias may be NULL.
+// Both products run on the NT kernel through transposed blocks of at most OB output columns,
+// so the scratch stays small even for a 32000-wide LM head.
+static void matmul_backward(ModelActs *a, float *dinp, float *dw, float *dbias, const float *dout,
+                            const float *inpT, const float *w, int N, int C, int OC, int accumulate_dinp) {
+    int OB = OC <= 2048 ? OC : 1024;
+    a->tbuf = grow(a->tbuf, &a->tcap, (size_t)C * OB + (size_t)OB * N);
+    float *wT = a->tbuf, *doutT = a->tbuf + (size_t)C * OB;
+    for (int o0 = 0; o0 < OC; o0 += OB) {
+        int nb = OC - o0 < OB ? OC - o0 : OB;
+        if (dinp) {
+            // out = inp @ w^T  =>  dinp += dout @ w: w block (nb,C) -> wT (C,nb)
+            transpose_ld(wT, nb, w + (size_t)o0 * C, C, nb, C);
+            matmul_nt_ld(dinp, C, dout + o0, OC, wT, nb, NULL, N, nb, C, accumulate_dinp || o0 > 0);
+        }
+        if (dw) {
+            // out = inp @ w^T  =>  dw += dout^T @ inp: dout block (N,nb) -> doutT (nb,N)
+            transpose_ld(doutT, N, dout + o0, OC, N, nb);
+            matmul_nt(dw + (size_t)o0 * C, doutT, inpT, NULL, nb, N, C, 1);
+        }
+    }
+    // out = ... + bias  =>  dbias += sum_n dout[n]; columns split over threads, rows in order
+    if (dbias) {
+        #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
+        for (int j0 = 0; j0 < OC; j0 += 16) {
+            int j1 = j0 + 16 < OC ? j0 + 16 : OC;
+            double acc[16] = {0};
+            for (int n = 0; n < N; n++)
+                for (int j = j0; j < j1; j++) acc[j - j0] += dout[(size_t)n * OC + j];
+            for (int j = j0; j < j1; j++) dbias[j] += (float)acc[j - j0];
+        }
+    }
+}
+
+// xT (C,N) = x (N,C)^T into the shared transposed-input scratch
+static float *transposed(ModelActs *a, const float *x, int N, int C) {
+    a->xT = grow(a->xT, &a->xtcap, (size_t)N * C);
+    transpose(a->xT, x, N, C);
+    return a->xT;
+}
+
+// out (N,C) = inp * rstd * w with rstd = 1/sqrt(mean(inp^2) + eps); rstd (N) kept (may be NULL)
+static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
+    #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        double ss = 0.0;
+        for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        for (int i = 0; i < C; i++) o[i] = x[i] * r * w[i];
+        if (rstd) rstd[n] = r;
+    }
+}
+
+// dinp (N,C) += d/dinp, dw (C) += d/dw, given dout (N,C), the forward input and its rstd.
+static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                             const float *w, const float *rstd, int N, int C) {
+    // out_i = x_i r w_i, r = (mean x^2 + eps)^-1/2, dr/dx_i = -r^3 x_i / C
+    //  => dx_i = r w_i dy_i - x_i r^3/C sum_j w_j dy_j x_j
+    #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float *dx = dinp + (size_t)n * C;
+        float r = rstd[n];
+        double dot = 0.0;
+        for (int i = 0; i < C; i++) dot += (double)w[i] * dy[i] * x[i];
+        float c = (float)(dot * r * r * r / C);
+        for (int i = 0; i < C; i++) dx[i] += r * w[i] * dy[i] - x[i] * c;
+    }
+    // dw_i += sum_n dy_i x_i r: channels split over threads, rows summed in order
+    #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
+    for (int i0 = 0; i0 < C; i0 += 16) {
+        int i1 = i0 + 16 < C ? i0 + 16 : C;
+        double acc[16] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            for (int i = i0; i < i1; i++) acc[i - i0] += (double)dy[i] * x[i] * rstd[n];
+        }
+        for (int i = i0; i < i1; i++) dw[i] += (float)acc[i - i0];
+    }
+}
+
+// x (N, nh, hs) rotated in place by position pos[n]: pairs (i, i+hs/2), HF rotate_half:
+//   x_i' = x_i cos - x_{i+h} sin ;  x_{i+h}' = x_{i+h} cos + x_i sin ;  angle = pos * theta^(-2i/hs)
+static void rope_forward(float *x, const int *pos, int N, int nh, int hs, const float *cos_t, const float *sin_t) {
+    int half = hs / 2;
+    #pragma omp parallel for schedule(static) if ((size_t)N * nh * hs >= PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *c = cos_t + (size_t)pos[n] * half, *s = sin_t + (size_t)pos[n] * half;
+        for (int h = 0; h < nh; h++) {
+            float *xv = x + ((size_t)n * nh + h) * hs;
+            for (int i = 0; i < half; i++) {
+                float a = xv[i], b = xv[i + half];
+                xv[i] = a * c[i] - b * s[i];
+                xv[i + half] = b * c[i] + a * s[i];
+            }
+        }
+    }
+}
+
+// dx (N, nh, hs) in place: the rotation's transpose (rotate back by the same angle)
+static void rope_backward(float *dx, const int *pos, int N, int nh, int hs, const float *cos_t, const float *sin_t) {
+    int half = hs / 2;
+    #pragma omp parallel for schedule(static) if ((size_t)N * nh * hs >= PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *c = cos_t + (size_t)pos[n] * half, *s = sin_t + (size_t)pos[n] * half;
+        for (int h = 0; h < nh; h++) {
+            float *d = dx + ((size_t)n * nh + h) * hs;
+            for (int i = 0; i < half; i++) {
+                float da = d[i], db = d[i + half];
+                // a' = a c - b s, b' = b c + a s  =>  da = da' c + db' s, db = -da' s + db' c
+                d[i] = da * c[i] + db * s[i];
+                d[i + half] = db * c[i] - da * s[i];
+            }
+        }
+    }
+}
+
+static inline float dot_f(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    #pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline void axpy_f(float *y, float a, const float *x, int n) {
+    #pragma omp simd
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+// One query against keys 0..n_keys-1 (skipping s with valid[s] == 0; valid may be NULL):
+//   out (hs) = sum_s softmax_s(q.k_s * scale) v_s;  returns the log-sum-exp of the scores.
+// k, v point at key/value 0 of this head, `stride` floats apart; att (n_keys) is scratch.
+// The training forward and the KV-cache decode both call this one function (never inlined),
+// so a sequence gets bit-identical attention either way.
+__attribute__((noinline)) static float attend_one(float *out, const float *q, const float *k,
+                                                  const float *v, size_t stride, const uint8_t *valid,
+                                                  int n_keys, int hs, float scale, float *att) {
+    float mx = -INFINITY;
+    for (int s = 0; s < n_keys; s++) {
+        if (valid && !valid[s]) continue;
+        float d = dot_f(q, k + s * stride, hs) * scale;
+        att[s] = d;
+        mx = d > mx ? d : mx;
+    }
+    float sum = 0.0f;
+    for (int s = 0; s < n_keys; s++) {
+        if (valid && !valid[s]) continue;
+        float e = exp_approx(att[s] - mx);  // max subtracted for stability
+        att[s] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < hs; i++) out[i] = 0.0f;
+    for (int s = 0; s < n_keys; s++) {
+        if (valid && !valid[s]) continue;
+        axpy_f(out, att[s] * inv, v + s * stride, hs);
+    }
+    return mx + logf(sum);
+}
+
+// q (B,T,H,hs), k/v (B,T,KV,hs), mask (B,T) -> out (B,T,H,hs), lse (B,T,H).
+// Query (b,t) attends to valid keys s <= t of its row; padded queries output zero.
+static void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const uint8_t *mask, int B, int T, int H, int KV, int hs) {
+    int qd = H * hs, kvd = KV * hs, group = H / KV;
+    float scale = 1.0f / sqrtf((float)hs);
+    size_t units = (size_t)B * T * H;
+    #pragma omp parallel if (units * hs * T / 2 >= PAR_MIN)
+    {
+        float *att = xmalloc((size_t)T * sizeof(float));
+        #pragma omp for schedule(dynamic, 16)
+        for (size_t u = 0; u < units; u++) {
+            int h = (int)(u % H), t = (int)(u / H % T), b = (int)(u / H / T);
+            size_t n = (size_t)b * T + t;
+            float *o = out + n * qd + (size_t)h * hs;
+            if (!mask[n]) {  // padding: nothing to attend from; keep it zero
+                for (int i = 0; i < hs; i++) o[i] = 0.0f;
+                lse[n * H + h] = 0.0f;
+                continue;
+            }
+            size_t kv0 = (size_t)b * T * kvd + (size_t)(h / group) * hs;
+            lse[n * H + h] = attend_one(o, q + n * qd + (size_t)h * hs, k + kv0, v + kv0, kvd,
+                                        mask + (size_t)b * T, t + 1, hs, scale, att);
+        }
+        free(att);
+    }
+}
+
+// Given dout (B,T,H,hs): dq (B,T,H,hs), dk, dv (B,T,KV,hs) are SET (not accumulated).
+// Threads split (b, kv head) pairs: each owns its dk/dv rows and the dq rows of its heads,
+// so no two threads write the same float. Probabilities are recomputed from lse.
+static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                               const float *k, const float *v, const float *out, const float *lse,
+                               const uint8_t *mask, int B, int T, int H, int KV, int hs) {
+    int qd = H * hs, kvd = KV * hs, group = H / KV;
+    float scale = 1.0f / sqrtf((float)hs);
+    int units = B * KV;
+    #pragma omp parallel for schedule(dynamic, 1) if ((size_t)B * T * H * hs * T / 2 >= PAR_MIN)
+    for (int u = 0; u < units; u++) {
+        int b = u / KV, kh = u % KV;
+        const uint8_t *mrow = mask + (size_t)b * T;
+        for (int t = 0; t < T; t++) {
+            size_t n = (size_t)b * T + t;
+            memset(dk + n * kvd + (size_t)kh * hs, 0, hs * sizeof(float));
+            memset(dv + n * kvd + (size_t)kh * hs, 0, hs * sizeof(float));
+            memset(dq + n * qd + (size_t)kh * group * hs, 0, (size_t)group * hs * sizeof(float));
+        }
+        for (int h = kh * group; h < (kh + 1) * group; h++) {
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t;
+                if (!mrow[t]) continue;
+                const float *qv = q + n * qd + (size_t)h * hs, *dov = dout + n * qd + (size_t)h * hs;
+                float *dqv = dq + n * qd + (size_t)h * hs;
+                float L = lse[n * H + h];
+                // o = sum_s p_s v_s  =>  sum_s p_s dp_s = do . o
+                float D = dot_f(dov, out + n * qd + (size_t)h * hs, hs);
+                for (int s = 0; s <= t; s++) {
+                    if (!mrow[s]) continue;
+                    size_t ks = ((size_t)b * T + s) * kvd + (size_t)kh * hs;
+                    // p_s = exp(q.k_s * scale - lse)
+                    float p = exp_approx(dot_f(qv, k + ks, hs) * scale - L);
+                    // o = sum_s p_s v_s  =>  dp_s = do . v_s ;  dv_s += p_s do
+                    float dp = dot_f(dov, v + ks, hs);
+                    axpy_f(dv + ks, p, dov, hs);
+                    // p = softmax(score)  =>  dscore_s = p_s (dp_s - D); score = q.k * scale
+                    float ds = p * (dp - D) * scale;
+                    axpy_f(dqv, ds, k + ks, hs);
+                    axpy_f(dk + ks, ds, qv, hs);
+                }
+            }
+        }
+    }
+}
+
+// gate (n) = silu(h1) * h3, silu(x) = x * sigmoid(x)
+static void swiglu_forward(float *gate, const float *h1, const float *h3, size_t n) {
+    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float x = h1[i];
+        gate[i] = x / (1.0f + exp_approx(-x)) * h3[i];
+    }
+}
+
+// dh1, dh3 (n) SET from dgate (n)
+static void swiglu_backward(float *dh1, float *dh3, const float *dgate, const float *h1,
+                            const float *h3, size_t n) {
+    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float x = h1[i], sig = 1.0f / (1.0f + exp_approx(-x));
+        // gate = x sig(x) h3  =>  dh3 = dgate x sig ;  dx = dgate h3 sig (1 + x (1 - sig))
+        dh3[i] = dgate[i] * x * sig;
+        dh1[i] = dgate[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the batched forward and backward
+
+// Lay out the activation buffer for N = B*T tokens (grows, never shrinks).
+static void acts_prepare(Model *m, int B, int T) {
+    const ModelConfig *c = &m->cfg;
+    ModelActs *a = m->acts;
+    size_t N = (size_t)B * T, C = c->dim, F = c->hidden_dim, L = c->n_layers;
+    size_t hs = C / c->n_heads, qd = c->n_heads * hs, kvd = c->n_kv_heads * hs;
+    size_t sizes[] = {
+        (L + 1) * N * C,  // res
+        L * N * C,        // ln1
+        L * N,            // ln1_rstd
+        L * N * qd,       // q
+        L * N * kvd,      // k
+        L * N * kvd,      // v
+        L * N * qd,       // atty
+        L * N * c->n_heads,  // lse
+        L * N * C,        // mid
+        L * N * C,        // ln2
+        L * N,            // ln2_rstd
+        L * N * F,        // h1
+        L * N * F,        // h3
+        L * N * F,        // gate
+        N,                // lnf_rstd
+        N * C,            // hidden
+    };
+    float **views[] = {&a->res, &a->ln1, &a->ln1_rstd, &a->q, &a->k, &a->v, &a->atty, &a->lse,
+                       &a->mid, &a->ln2, &a->ln2_rstd, &a->h1, &a->h3, &a->gate, &a->lnf_rstd, &a->hidden};
+    size_t total = 0, nv = sizeof sizes / sizeof sizes[0];
+    for (size_t i = 0; i < nv; i++) total += sizes[i];
+    a->buf = grow(a->buf, &a->cap, total);
+    float *p = a->buf;
+    for (size_t i = 0; i < nv; i++) {
+        *views[i] = p;
+        p += sizes[i];
+    }
+    if (N > a->pos_cap) {
+        free(a->pos);
+        free(a->tokens);
+        free(a->mask);
+        a->pos = xmalloc(N * sizeof(int));
+        a->tokens = xmalloc(N * sizeof(int32_t));
+        a->mask = xmalloc(N);
+        a->pos_cap = N;
+    }
+}
+
+void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, int T, int want_logits) {
+    const ModelConfig *c = &m->cfg;
+    if (B <= 0 || T <= 0) die(EXIT_USAGE, "model_forward: empty batch (B=%d, T=%d)", B, T);
+    acts_prepare(m, B, T);
+    ModelActs *a = m->acts;
+    int N = B * T, C = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, V = c->vocab_size;
+    int hs = C / H, qd = H * hs, kvd = KV * hs;
+    m->B = B;
+    m->T = T;
+
+    // position ids: valid tokens before each position in its row
+    int max_pos = 0;
+    for (int b = 0; b < B; b++) {
+        int cnt = 0;
+        for (int t = 0; t < T; t++) {
+            size_t n = (size_t)b * T + t;
+            uint8_t mk = mask ? (mask[n] != 0) : 1;
+            a->mask[n] = mk;
+            a->pos[n] = cnt;
+            a->tokens[n] = mk ? tokens[n] : 0;
+            if (mk && (tokens[n] < 0 || tokens[n] >= V))
+                die(EXIT_BADINPUT, "model_forward: token %d at (%d,%d) is outside the vocabulary (%d)",
+                    tokens[n], b, t, V);
+            cnt += mk;
+        }
+        if (cnt > max_pos) max_pos = cnt;
+    }
+    rope_ensure(m, max_pos + 1);
+
+    // x = tok_emb[token] at valid positions, 0 at padding
+    float *x = a->res;
+    #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        if (a->mask[n]) memcpy(x + (size_t)n * C, m->w.tok_emb + (size_t)a->tokens[n] * C, C * sizeof(float));
+        else memset(x + (size_t)n * C, 0, C * sizeof(float));
+    }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const ParamViews *w = &m->w;
+        float *res = a->res + (size_t)l * N * C, *res_out = a->res + (size_t)(l + 1) * N * C;
+        float *ln1 = a->ln1 + (size_t)l * N * C, *ln2 = a->ln2 + (size_t)l * N * C;
+        float *q = a->q + (size_t)l * N * qd, *k = a->k + (size_t)l * N * kvd, *v = a->v + (size_t)l * N * kvd;
+        float *atty = a->atty + (size_t)l * N * qd, *mid = a->mid + (size_t)l * N * C;
+        float *h1 = a->h1 + (size_t)l * N * F, *h3 = a->h3 + (size_t)l * N * F, *gate = a->gate + (size_t)l * N * F;
+
+        // attention block
+        rmsnorm_forward(ln1, a->ln1_rstd + (size_t)l * N, res, w->attn_norm + (size_t)l * C, N, C, c->norm_eps);
+        matmul_forward(q, ln1, w->wq + (size_t)l * qd * C, w->bq ? w->bq + (size_t)l * qd : NULL, N, C, qd, 0);
+        matmul_forward(k, ln1, w->wk + (size_t)l * kvd * C, w->bk ? w->bk + (size_t)l * kvd : NULL, N, C, kvd, 0);
+        matmul_forward(v, ln1, w->wv + (size_t)l * kvd * C, w->bv ? w->bv + (size_t)l * kvd : NULL, N, C, kvd, 0);
+        rope_forward(q, a->pos, N, H, hs, a->rope_cos, a->rope_sin);
+        rope_forward(k, a->pos, N, KV, hs, a->rope_cos, a->rope_sin);
+        attention_forward(atty, a->lse + (size_t)l * N * H, q, k, v, a->mask, B, T, H, KV, hs);
+        memcpy(mid, res, (size_t)N * C * sizeof(float));
+        matmul_forward(mid, atty, w->wo + (size_t)l * C * qd, NULL, N, qd, C, 1);  // mid = res + atty wo^T
+
+        // feed-forward block
+        rmsnorm_forward(ln2, a->ln2_rstd + (size_t)l * N, mid, w->ffn_norm + (size_t)l * C, N, C, c->norm_eps);
+        matmul_forward(h1, ln2, w->w1 + (size_t)l * F * C, NULL, N, C, F, 0);
+        matmul_forward(h3, ln2, w->w3 + (size_t)l * F * C, NULL, N, C, F, 0);
+        swiglu_forward(gate, h1, h3, (size_t)N * F);
+        memcpy(res_out, mid, (size_t)N * C * sizeof(float));
+        matmul_forward(res_out, gate, w->w2 + (size_t)l * C * F, NULL, N, F, C, 1);  // res_out = mid + gate w2^T
+    }
+
+    rmsnorm_forward(a->hidden, a->lnf_rstd, a->res + (size_t)c->n_layers * N * C, m->w.final_norm, N, C, c->norm_eps);
+    m->hidden = a->hidden;
+    if (want_logits) {
+        a->logits = grow(a->logits, &a->logits_cap, (size_t)N * V);
+        matmul_forward(a->logits, a->hidden, m->w.lm_head, NULL, N, C, V, 0);
+        m->logits = a->logits;
+    } else {
+        m->logits = NULL;
+    }
+}
+
+void model_backward(Model *m, const float *dlogits, const float *dhidden) {
+    const ModelConfig *c = &m->cfg;
+    ModelActs *a = m->acts;
+    if (!m->grads) die(EXIT_USAGE, "model_backward: no gradient buffer (call model_zero_grad first)");
+    if (!m->hidden) die(EXIT_USAGE, "model_backward: no forward pass to differentiate");
+    int B = m->B, T = m->T, N = B * T, C = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads;
+    int V = c->vocab_size, hs = C / H, qd = H * hs, kvd = KV * hs;
+    const ParamViews *w = &m->w;
+    const ParamViews *g = &m->g;
+
+    // backward scratch (one layer's worth)
+    size_t NC = (size_t)N * C;
+    size_t sizes[] = {NC, NC, NC, (size_t)N * qd, (size_t)N * qd, (size_t)N * kvd, (size_t)N * kvd,
+                      (size_t)N * F, (size_t)N * F, (size_t)N * F};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
+    a->gbuf = grow(a->gbuf, &a->gcap, total);
+    float *p = a->gbuf;
+    float *dres = p; p += NC;     // (N,C) gradient of the residual stream
+    float *dhid = p; p += NC;     // (N,C) gradient of hidden
+    float *dln = p; p += NC;      // (N,C) gradient of a norm's output
+    float *datty = p; p += (size_t)N * qd;
+    float *dq = p; p += (size_t)N * qd;
+    float *dk = p; p += (size_t)N * kvd;
+    float *dv = p; p += (size_t)N * kvd;
+    float *dgate = p; p += (size_t)N * F;
+    float *dh1 = p; p += (size_t)N * F;
+    float *dh3 = p;
+
+    // logits = hidden @ lm_head^T
+    if (dhidden) memcpy(dhid, dhidden, NC * sizeof(float));
+    else memset(dhid, 0, NC * sizeof(float));
+    if (dlogits) matmul_backward(a, dhid, g->lm_head, NULL, dlogits, transposed(a, a->hidden, N, C), w->lm_head, N, C, V, 1);
+
+    // hidden = rmsnorm(res[L])
+    memset(dres, 0, NC * sizeof(float));
+    rmsnorm_backward(dres, g->final_norm, dhid, a->res + (size_t)c->n_layers * NC, w->final_norm, a->lnf_rstd, N, C);
+    // padded positions: nothing upstream of them is used; drop whatever came in there
+    for (int n = 0; n < N; n++)
+        if (!a->mask[n]) memset(dres + (size_t)n * C, 0, C * sizeof(float));
+
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        const float *res = a->res + (size_t)l * NC, *ln1 = a->ln1 + (size_t)l * NC, *ln2 = a->ln2 + (size_t)l * NC;
+        const float *q = a->q + (size_t)l * N * qd, *k = a->k + (size_t)l * N * kvd, *v = a->v + (size_t)l * N * kvd;
+        const float *atty = a->atty + (size_t)l * N * qd, *mid = a->mid + (size_t)l * NC;
+        const float *h1 = a->h1 + (size_t)l * N * F, *h3 = a->h3 + (size_t)l * N * F, *gate = a->gate + (size_t)l * N * F;
+
+        // res_out = mid + gate @ w2^T: dres flows on to mid unchanged
+        matmul_backward(a, dgate, g->w2 + (size_t)l * C * F, NULL, dres, transposed(a, gate, N, F), w->w2 + (size_t)l * C * F, N, F, C, 0);
+        // gate = silu(h1) * h3
+        swiglu_backward(dh1, dh3, dgate, h1, h3, (size_t)N * F);
+        // h1 = ln2 @ w1^T, h3 = ln2 @ w3^T
+        const float *ln2T = transposed(a, ln2, N, C);
+        matmul_backward(a, dln, g->w1 + (size_t)l * F * C, NULL, dh1, ln2T, w->w1 + (size_t)l * F * C, N, C, F, 0);
+        matmul_backward(a, dln, g->w3 + (size_t)l * F * C, NULL, dh3, ln2T, w->w3 + (size_t)l * F * C, N, C, F, 1);
+        // ln2 = rmsnorm(mid)
+        rmsnorm_backward(dres, g->ffn_norm + (size_t)l * C, dln, mid, w->ffn_norm + (size_t)l * C,
+                         a->ln2_rstd + (size_t)l * N, N, C);
+
+        // mid = res + atty @ wo^T: dres flows on to res unchanged
+        matmul_backward(a, datty, g->wo + (size_t)l * C * qd, NULL, dres, transposed(a, atty, N, qd), w->wo + (size_t)l * C * qd, N, qd, C, 0);
+        // atty = attention(q, k, v)
+        attention_backward(dq, dk, dv, datty, q, k, v, atty, a->lse + (size_t)l * N * H, a->mask, B, T, H, KV, hs);
+        // q, k = rope(q0, k0)
+        rope_backward(dq, a->pos, N, H, hs, a->rope_cos, a->rope_sin);
+        rope_backward(dk, a->pos, N, KV, hs, a->rope_cos, a->rope_sin);
+        // q0 = ln1 @ wq^T + bq, k0 = ..., v = ...
+        const float *ln1T = transposed(a, ln1, N, C);
+        matmul_backward(a, dln, g->wq + (size_t)l * qd * C, g->bq ? g->bq + (size_t)l * qd : NULL, dq, ln1T,
+                        w->wq + (size_t)l * qd * C, N, C, qd, 0);
+        matmul_backward(a, dln, g->wk + (size_t)l * kvd * C, g->bk ? g->bk + (size_t)l * kvd : NULL, dk, ln1T,
+                        w->wk + (size_t)l * kvd * C, N, C, kvd, 1);
+        matmul_backward(a, dln, g->wv + (size_t)l * kvd * C, g->bv ? g->bv + (size_t)l * kvd : NULL, dv, ln1T,
+                        w->wv + (size_t)l * kvd * C, N, C, kvd, 1);
+        // ln1 = rmsnorm(res)
+        rmsnorm_backward(dres, g->attn_norm + (size_t)l * C, dln, res, w->attn_norm + (size_t)l * C,
+                         a->ln1_rstd + (size_t)l * N, N, C);
+    }
+
+    // x = tok_emb[token]: rows in order on one thread (a token may repeat)
+    for (int n = 0; n < N; n++) {
+        if (!a->mask[n]) continue;
+        float *ge = g->tok_emb + (size_t)a->tokens[n] * C;
+        const float *d = dres + (size_t)n * C;
+        for (int i = 0; i < C; i++) ge[i] += d[i];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache and incremental decoding
+
+KVCache *kvcache_create(const ModelConfig *cfg, int B, int T_max) {
+    if (B <= 0 || T_max <= 0) die(EXIT_USAGE, "kvcache_create: need B > 0 and T_max > 0 (got %d, %d)", B, T_max);
+    KVCache *kv = xcalloc(1, sizeof(KVCache));
+    kv->B = B;
+    kv->T_max = T_max;
+    kv->L = cfg->n_layers;
+    kv->kv_dim = cfg->n_kv_heads * (cfg->dim / cfg->n_heads);
+    size_t n = (size_t)kv->L * B * T_max * kv->kv_dim;
+    kv->k = xcalloc(n, sizeof(float));
+    kv->v = xcalloc(n, sizeof(float));
+    kv->len = xcalloc(B, sizeof(int));
+    return kv;
+}
+
+void kvcache_free(KVCache *kv) {
+    if (!kv) return;
+    free(kv->k);
+    free(kv->v);
+    free(kv->len);
+    free(kv);
+}
+
+void kvcache_reset_row(KVCache *kv, int row) {
+    if (row < 0 || row >= kv->B) die(EXIT_USAGE, "kvcache_reset_row: row %d outside [0, %d)", row, kv->B);
+    kv->len[row] = 0;
+}
+
+// Append seqs[i] (lens[i] tokens) to cache rows rows[i]; logits_out (n, V) after each row's
+// last new token. All new tokens of all rows go through each layer as one packed (Ntok, C) batch.
+static void model_extend(Model *m, KVCache *kv, int n, const int *rows, const int32_t *const *seqs,
+                         const int *lens, float *logits_out) {
+    const ModelConfig *c = &m->cfg;
+    ModelActs *a = m->acts;
+    int C = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, V = c->vocab_size;
+    int hs = C / H, qd = H * hs, kvd = KV * hs, group = H / KV;
+    if (kv->L != c->n_layers || kv->kv_dim != kvd) die(EXIT_USAGE, "KV cache shape does not match the model");
+    if (n <= 0) return;
+
+    // count the packed tokens, check rows and room
+    int Ntok = 0, max_pos = 0;
+    for (int i = 0; i < n; i++) {
+        int r = rows[i];
+        if (r < 0 || r >= kv->B) die(EXIT_USAGE, "KV cache row %d outside [0, %d)", r, kv->B);
+        if (lens[i] <= 0) die(EXIT_USAGE, "KV cache: row %d: nothing to append", r);
+        if (kv->len[r] + lens[i] > kv->T_max)
+            die(EXIT_USAGE, "KV cache row %d is full: %d + %d tokens > T_max %d", r, kv->len[r], lens[i], kv->T_max);
+        for (int j = 0; j < i; j++)
+            if (rows[j] == r) die(EXIT_USAGE, "KV cache: row %d listed twice in one call", r);
+        Ntok += lens[i];
+        if (kv->len[r] + lens[i] > max_pos) max_pos = kv->len[r] + lens[i];
+    }
+    rope_ensure(m, max_pos);
+
+    // scratch: x, xb (Ntok,C); q, att (Ntok,qd); k, v (Ntok,kvd); h1, h3 (Ntok,F); last (n,C); pos, row ints
+    size_t NC = (size_t)Ntok * C;
+    size_t total = 2 * NC + 2 * (size_t)Ntok * qd + 2 * (size_t)Ntok * kvd + 2 * (size_t)Ntok * F +
+                   (size_t)n * C + 2 * (size_t)Ntok;
+    a->dbuf = grow(a->dbuf, &a->dcap, total);
+    float *p = a->dbuf;
+    float *x = p; p += NC;
+    float *xb = p; p += NC;
+    float *q = p; p += (size_t)Ntok * qd;
+    float *att = p; p += (size_t)Ntok * qd;
+    float *kk = p; p += (size_t)Ntok * kvd;
+    float *vv = p; p += (size_t)Ntok * kvd;
+    float *h1 = p; p += (size_t)Ntok * F;
+    float *h3 = p; p += (size_t)Ntok * F;
+    float *last = p; p += (size_t)n * C;
+    int *pos = (int *)p; p += Ntok;   // int and float are both 4 bytes
+    int *trow = (int *)p;
+
+    // embed the new tokens; remember each one's cache row and position
+    for (int i = 0, j0 = 0; i < n; j0 += lens[i], i++) {
+        for (int j = 0; j < lens[i]; j++) {
+            int32_t tok = seqs[i][j];
+            if (tok < 0 || tok >= V) die(EXIT_BADINPUT, "KV decode: token %d is outside the vocabulary (%d)", tok, V);
+            memcpy(x + (size_t)(j0 + j) * C, m->w.tok_emb + (size_t)tok * C, C * sizeof(float));
+            pos[j0 + j] = kv->len[rows[i]] + j;
+            trow[j0 + j] = rows[i];
+        }
+    }
+
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int l = 0; l < c->n_layers; l++) {
+        const ParamViews *w = &m->w;
+        // attention block
+        rmsnorm_forward(xb, NULL, x, w->attn_norm + (size_t)l * C, Ntok, C, c->norm_eps);
+        matmul_forward(q, xb, w->wq + (size_t)l * qd * C, w->bq ? w->bq + (size_t)l * qd : NULL, Ntok, C, qd, 0);
+        matmul_forward(kk, xb, w->wk + (size_t)l * kvd * C, w->bk ? w->bk + (size_t)l * kvd : NULL, Ntok, C, kvd, 0);
+        matmul_forward(vv, xb, w->wv + (size_t)l * kvd * C, w->bv ? w->bv + (size_t)l * kvd : NULL, Ntok, C, kvd, 0);
+        rope_forward(q, pos, Ntok, H, hs, a->rope_cos, a->rope_sin);
+        rope_forward(kk, pos, Ntok, KV, hs, a->rope_cos, a->rope_sin);
+        // store the new keys/values at cache (l, row, pos)
+        float *kc = kv->k + (size_t)l * kv->B * kv->T_max * kvd, *vc = kv->v + (size_t)l * kv->B * kv->T_max * kvd;
+        for (int j = 0; j < Ntok; j++) {
+            size_t off = ((size_t)trow[j] * kv->T_max + pos[j]) * kvd;
+            memcpy(kc + off, kk + (size_t)j * kvd, kvd * sizeof(float));
+            memcpy(vc + off, vv + (size_t)j * kvd, kvd * sizeof(float));
+        }
+        // each new token attends to its row's cache up to and including itself
+        size_t units = (size_t)Ntok * H;
+        #pragma omp parallel if (units * hs * max_pos / 2 >= PAR_MIN)
+        {
+            float *sc = xmalloc((size_t)max_pos * sizeof(float));
+            #pragma omp for schedule(dynamic, 4)
+            for (size_t u = 0; u < units; u++) {
+                int j = (int)(u / H), h = (int)(u % H);
+                size_t kv0 = (size_t)trow[j] * kv->T_max * kvd + (size_t)(h / group) * hs;
+                attend_one(att + (size_t)j * qd + (size_t)h * hs, q + (size_t)j * qd + (size_t)h * hs,
+                           kc + kv0, vc + kv0, kvd, NULL, pos[j] + 1, hs, scale, sc);
+            }
+            free(sc);
+        }
+        matmul_forward(x, att, w->wo + (size_t)l * C * qd, NULL, Ntok, qd, C, 1);  // x += att wo^T
+        // feed-forward block
+        rmsnorm_forward(xb, NULL, x, w->ffn_norm + (size_t)l * C, Ntok, C, c->norm_eps);
+        matmul_forward(h1, xb, w->w1 + (size_t)l * F * C, NULL, Ntok, C, F, 0);
+        matmul_forward(h3, xb, w->w3 + (size_t)l * F * C, NULL, Ntok, C, F, 0);
+        swiglu_forward(h1, h1, h3, (size_t)Ntok * F);
+        matmul_forward(x, h1, w->w2 + (size_t)l * C * F, NULL, Ntok, F, C, 1);  // x += gate w2^T
+    }
+
+    // final norm and logits for each row's last new token only
+    for (int i = 0, j0 = 0; i < n; j0 += lens[i], i++) {
+        memcpy(last + (size_t)i * C, x + (size_t)(j0 + lens[i] - 1) * C, C * sizeof(float));
+        kv->len[rows[i]] += lens[i];
+    }
+    rmsnorm_forward(xb, NULL, last, m->w.final_norm, n, C, c->norm_eps);
+    if (logits_out) matmul_forward(logits_out, xb, m->w.lm_head, NULL, n, C, V, 0);
+}
+
+void model_prefill(Model *m, KVCache *kv, int n, const int *rows, const int32_t *const *prompts,
+                   const int *lens, float *logits_out) {
+    model_extend(m, kv, n, rows, prompts, lens, logits_out);
+}
+
+void model_decode(Model *m, KVCache *kv, int n, const int *rows, const int32_t *tokens, float *logits_out) {
+    if (n <= 0) return;
+    const int32_t **seqs = xmalloc((size_t)n * sizeof(*seqs));
+    int *ones = xmalloc((size_t)n * sizeof(int));
+    for (int i = 0; i < n; i++) {
+        seqs[i] = tokens + i;
+        ones[i] = 1;
+    }
+    model_extend(m, kv, n, rows, seqs, ones, logits_out);
+    free(seqs);
+    free(ones);
+}

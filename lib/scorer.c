@@ -1,0 +1,527 @@
+// scorer.c — reward scorers behind one interface: VADER and an external command (coprocess
+// speaking JSON lines). See scorer.h for the protocol and the failure contract.
+#include "scorer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common.h"  // die, warn, xmalloc, now_seconds, exit codes
+#include "vader.h"   // vader_load, vader_score
+
+extern char **environ;
+
+enum { SK_VADER, SK_EXEC };
+
+struct Scorer {
+    int kind;
+    char *desc;
+    // VADER
+    Vader *vader;
+    ScoreField field;
+    char *lexicon;
+    // exec
+    char *cmd;
+    pid_t pid;          // 0 once reaped
+    int status;         // wait status once reaped
+    int to_fd, from_fd; // our ends: requests out, answers in (both non-blocking)
+    double timeout;
+    int batch;
+    char *in;           // bytes read from the command, not yet consumed
+    size_t in_len, in_cap;
+    int eof;
+    char *out;          // encoded requests of the current batch
+    size_t out_cap;
+};
+
+// ---- components ---------------------------------------------------------------------------
+
+void components_clear(ScoreComponents *c) {
+    for (int i = 0; i < c->n; i++) free(c->name[i]);
+    c->n = 0;
+}
+
+void components_add(ScoreComponents *c, const char *name, double value) {
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 8;
+        c->name = xrealloc(c->name, (size_t)c->cap * sizeof *c->name);
+        c->value = xrealloc(c->value, (size_t)c->cap * sizeof *c->value);
+    }
+    c->name[c->n] = xstrdup(name);
+    c->value[c->n++] = value;
+}
+
+void components_free(ScoreComponents *c) {
+    components_clear(c);
+    free(c->name);
+    free(c->value);
+    memset(c, 0, sizeof *c);
+}
+
+// ---- common -------------------------------------------------------------------------------
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *s = xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+const char *scorer_describe(const Scorer *s) { return s->desc; }
+const char *scorer_kind(const Scorer *s) { return s->kind == SK_VADER ? "vader" : "exec"; }
+int scorer_batch(const Scorer *s) { return s->kind == SK_EXEC ? s->batch : 64; }
+
+// ---- VADER --------------------------------------------------------------------------------
+
+static void vader_describe(Scorer *s) {
+    free(s->desc);
+    s->desc = xasprintf("vader lexicon=%s entries=%zu field=%s", s->lexicon,
+                        vader_lexicon_size(s->vader),
+                        s->field == SCORE_RESPONSE ? "response" : "prompt+response");
+}
+
+Scorer *scorer_vader(const char *lexicon_path) {
+    Scorer *s = xcalloc(1, sizeof *s);
+    s->kind = SK_VADER;
+    s->vader = vader_load(lexicon_path);
+    s->lexicon = xstrdup(lexicon_path);
+    s->field = SCORE_RESPONSE;
+    vader_describe(s);
+    return s;
+}
+
+void scorer_set_field(Scorer *s, ScoreField f) {
+    if (s->kind != SK_VADER) return;
+    s->field = f;
+    vader_describe(s);
+}
+
+void scorer_vader_emoji(Scorer *s, const char *emoji_path) {
+    if (s->kind != SK_VADER) return;
+    size_t n = vader_load_emoji(s->vader, emoji_path);
+    char *d = xasprintf("%s emoji=%s", s->desc, emoji_path);
+    free(s->desc);
+    s->desc = d;
+    (void)n;
+}
+
+static int is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+static double vader_one(Scorer *s, const ScoreRequest *r, ScoreComponents *comp) {
+    VaderScores v;
+    if (s->field == SCORE_RESPONSE || r->prompt_len == 0) {
+        vader_score(s->vader, r->response, r->response_len, &v);
+    } else {
+        // prompt + response; a space between them when neither side has whitespace there
+        int gap = r->response_len && !is_space(r->prompt[r->prompt_len - 1]) && !is_space(r->response[0]);
+        size_t n = r->prompt_len + (size_t)gap + r->response_len;
+        char *t = xmalloc(n + 1);
+        memcpy(t, r->prompt, r->prompt_len);
+        if (gap) t[r->prompt_len] = ' ';
+        memcpy(t + r->prompt_len + gap, r->response, r->response_len);
+        vader_score(s->vader, t, n, &v);
+        free(t);
+    }
+    if (comp) {
+        components_clear(comp);
+        components_add(comp, "compound", v.compound);
+        components_add(comp, "pos", v.pos);
+        components_add(comp, "neg", v.neg);
+        components_add(comp, "neu", v.neu);
+    }
+    return v.compound;
+}
+
+// ---- exec: process handling ---------------------------------------------------------------
+
+// Move a pipe end above the standard descriptors, so the dup2 onto 0/1 in the child is clean
+// even when our own stdin or stdout was closed.
+static int fd_above_2(int fd) {
+    if (fd > 2) return fd;
+    int g = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (g < 0) die(EXIT_RUNTIME, "fcntl: %s", strerror(errno));
+    close(fd);
+    return g;
+}
+
+Scorer *scorer_exec(const char *cmd) {
+    Scorer *s = xcalloc(1, sizeof *s);
+    s->kind = SK_EXEC;
+    s->cmd = xstrdup(cmd);
+    s->timeout = SCORER_DEFAULT_TIMEOUT;
+    s->batch = SCORER_DEFAULT_BATCH;
+    s->desc = xasprintf("exec cmd=%s", cmd);
+
+    int to[2], from[2];
+    if (pipe2(to, O_CLOEXEC) || pipe2(from, O_CLOEXEC))
+        die(EXIT_RUNTIME, "scorer command '%s': pipe: %s", cmd, strerror(errno));
+    for (int i = 0; i < 2; i++) to[i] = fd_above_2(to[i]), from[i] = fd_above_2(from[i]);
+
+    // environment: ours plus PYTHONUNBUFFERED=1 (Python scorers then answer line by line)
+    size_t ne = 0;
+    while (environ[ne]) ne++;
+    char **envp = xmalloc((ne + 2) * sizeof *envp);
+    size_t k = 0;
+    for (size_t i = 0; i < ne; i++)
+        if (strncmp(environ[i], "PYTHONUNBUFFERED=", 17) != 0) envp[k++] = environ[i];
+    envp[k++] = "PYTHONUNBUFFERED=1";
+    envp[k] = NULL;
+
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, to[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, from[1], 1);
+    char *argv[] = {"sh", "-c", s->cmd, NULL};
+    int err = posix_spawn(&s->pid, "/bin/sh", &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    free(envp);
+    if (err) die(EXIT_RUNTIME, "scorer command '%s': cannot start /bin/sh: %s", cmd, strerror(err));
+    close(to[0]);
+    close(from[1]);
+    s->to_fd = to[1];
+    s->from_fd = from[0];
+    fcntl(s->to_fd, F_SETFL, fcntl(s->to_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(s->from_fd, F_SETFL, fcntl(s->from_fd, F_GETFL) | O_NONBLOCK);
+    return s;
+}
+
+void scorer_set_timeout(Scorer *s, double seconds) {
+    if (!(seconds > 0)) die(EXIT_USAGE, "scorer timeout must be > 0, got %g", seconds);
+    s->timeout = seconds;
+}
+
+void scorer_set_batch(Scorer *s, int k) {
+    if (k < 1) die(EXIT_USAGE, "scorer batch must be >= 1, got %d", k);
+    s->batch = k;
+}
+
+// Wait up to `seconds` for the command to exit; 1 when reaped (s->status set).
+static int reap(Scorer *s, double seconds) {
+    if (!s->pid) return 1;
+    double t_end = now_seconds() + seconds;
+    for (;;) {
+        pid_t r = waitpid(s->pid, &s->status, WNOHANG);
+        if (r == s->pid || (r < 0 && errno == ECHILD)) { s->pid = 0; return 1; }
+        if (now_seconds() >= t_end) return 0;
+        usleep(2000);
+    }
+}
+
+static void kill_and_reap(Scorer *s) {
+    if (!s->pid) return;
+    if (reap(s, 0)) return;
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &s->status, 0);
+    s->pid = 0;
+}
+
+// How the command ended, for messages: "exited with status 1", "was killed by signal 9".
+static const char *exit_words(int status, char *buf, size_t n) {
+    if (WIFEXITED(status))
+        snprintf(buf, n, "exited with status %d%s", WEXITSTATUS(status),
+                 WEXITSTATUS(status) == 127 ? " (command not found?)" : "");
+    else if (WIFSIGNALED(status))
+        snprintf(buf, n, "was killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    else
+        snprintf(buf, n, "ended (wait status %d)", status);
+    return buf;
+}
+
+// The command is gone (EOF on its output, or EPIPE on its input) before answering `id`.
+static void exec_dead(Scorer *s, const char *id) __attribute__((noreturn));
+static void exec_dead(Scorer *s, const char *id) {
+    char how[128];
+    if (reap(s, 2.0))
+        die(EXIT_RUNTIME, "scorer command '%s' %s before answering record '%s'", s->cmd,
+            exit_words(s->status, how, sizeof how), id);
+    kill_and_reap(s);
+    die(EXIT_RUNTIME, "scorer command '%s' closed its output before answering record '%s'",
+        s->cmd, id);
+}
+
+// write() with SIGPIPE blocked: a dead command must give EPIPE here, not kill us.
+static ssize_t write_nosigpipe(int fd, const void *buf, size_t n) {
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    ssize_t w = write(fd, buf, n);
+    int err = errno;
+    if (w < 0 && err == EPIPE && !sigismember(&old, SIGPIPE)) {
+        struct timespec zero = {0, 0};
+        sigtimedwait(&set, NULL, &zero);  // consume the pending SIGPIPE
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return w;
+}
+
+// ---- exec: encoding requests, parsing answers ---------------------------------------------
+
+// Copy of s[0..n) with each byte that is not part of valid UTF-8 replaced by U+FFFD.
+static char *utf8_clean(const char *s, size_t n, size_t *out_n) {
+    const unsigned char *p = (const unsigned char *)s;
+    char *o = xmalloc(3 * n + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        int ok = len > 0 && i + len <= n;
+        unsigned v = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+        for (size_t j = 1; ok && j < len; j++) {
+            ok = (p[i + j] & 0xC0) == 0x80;
+            v = (v << 6) | (p[i + j] & 0x3F);
+        }
+        if (ok && len > 1) {
+            static const unsigned min[5] = {0, 0, 0x80, 0x800, 0x10000};
+            ok = v >= min[len] && v <= 0x10FFFF && !(v >= 0xD800 && v <= 0xDFFF);
+        }
+        if (ok) {
+            memcpy(o + k, p + i, len);
+            k += len;
+            i += len;
+        } else {
+            memcpy(o + k, "\xEF\xBF\xBD", 3);
+            k += 3;
+            i += 1;
+        }
+    }
+    o[k] = '\0';
+    *out_n = k;
+    return o;
+}
+
+static json_t *json_text(const char *s, size_t n) {
+    size_t m;
+    char *c = utf8_clean(s, n, &m);
+    json_t *j = json_stringn(c, m);
+    free(c);
+    if (!j) die(EXIT_RUNTIME, "jansson: cannot encode a string of %zu bytes", n);
+    return j;
+}
+
+// Append one request line to s->out at *len.
+static void encode_request(Scorer *s, const ScoreRequest *r, size_t *len) {
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_text(r->id, strlen(r->id)));
+    json_object_set_new(o, "prompt", json_text(r->prompt ? r->prompt : "", r->prompt ? r->prompt_len : 0));
+    json_object_set_new(o, "response", json_text(r->response ? r->response : "", r->response ? r->response_len : 0));
+    char *line = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!line) die(EXIT_RUNTIME, "jansson: cannot encode the request for record '%s'", r->id);
+    size_t n = strlen(line);
+    if (*len + n + 2 > s->out_cap) {
+        s->out_cap = 2 * (*len + n + 2);
+        s->out = xrealloc(s->out, s->out_cap);
+    }
+    memcpy(s->out + *len, line, n);
+    s->out[*len + n] = '\n';
+    *len += n + 1;
+    free(line);
+}
+
+// Python's json writes NaN, Infinity and -Infinity; JSON (and jansson) have no such tokens.
+// Outside string literals, replace them by the strings "\u0000N", "\u0000I", "\u0000-"
+// (parsed with JSON_ALLOW_NUL), which json_num() below maps back.
+static char *py_json_tokens(const char *s, size_t n) {
+    char *o = xmalloc(3 * n + 1);
+    size_t k = 0;
+    int in_str = 0;
+    for (size_t i = 0; i < n;) {
+        char c = s[i];
+        if (in_str) {
+            o[k++] = c;
+            if (c == '\\' && i + 1 < n) o[k++] = s[++i];
+            else if (c == '"') in_str = 0;
+            i++;
+            continue;
+        }
+        if (c == '"') { in_str = 1; o[k++] = c; i++; continue; }
+        static const struct { const char *tok; const char *rep; } T[] = {
+            {"-Infinity", "\"\\u0000-\""}, {"Infinity", "\"\\u0000I\""}, {"NaN", "\"\\u0000N\""}};
+        int hit = 0;
+        for (int t = 0; t < 3 && !hit; t++) {
+            size_t l = strlen(T[t].tok);
+            if (i + l <= n && memcmp(s + i, T[t].tok, l) == 0) {
+                memcpy(o + k, T[t].rep, strlen(T[t].rep));
+                k += strlen(T[t].rep);
+                i += l;
+                hit = 1;
+            }
+        }
+        if (!hit) o[k++] = s[i++];
+    }
+    o[k] = '\0';
+    return o;
+}
+
+// A JSON number, or one of the replaced Python tokens. 0 when it is neither.
+static int json_num(const json_t *v, double *x) {
+    if (json_is_number(v)) { *x = json_number_value(v); return 1; }
+    if (json_is_string(v) && json_string_length(v) == 2 && json_string_value(v)[0] == '\0') {
+        char t = json_string_value(v)[1];
+        if (t == 'N') { *x = NAN; return 1; }
+        if (t == 'I') { *x = INFINITY; return 1; }
+        if (t == '-') { *x = -INFINITY; return 1; }
+    }
+    return 0;
+}
+
+static void exec_garbage(Scorer *s, const char *id, const char *why, const char *line, size_t n)
+    __attribute__((noreturn));
+static void exec_garbage(Scorer *s, const char *id, const char *why, const char *line, size_t n) {
+    kill_and_reap(s);
+    die(EXIT_BADINPUT, "scorer command '%s' answered record '%s' with garbage (%s): '%.*s'%s\n"
+        "  hint: answer each request with one line: a number, or {\"reward\": x, ...}",
+        s->cmd, id, why, (int)(n > 200 ? 200 : n), line, n > 200 ? "..." : "");
+}
+
+// Parse one answer line (without its '\n').
+static double parse_answer(Scorer *s, const char *id, const char *line, size_t n, ScoreComponents *comp) {
+    while (n && is_space(line[n - 1])) n--;  // tolerate "\r\n" and trailing blanks
+    char *fixed = py_json_tokens(line, n);
+    json_error_t err;
+    json_t *j = json_loads(fixed, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
+    free(fixed);
+    if (!j) {
+        char why[256];
+        snprintf(why, sizeof why, "not JSON: %s", err.text);
+        exec_garbage(s, id, why, line, n);
+    }
+    double reward;
+    if (comp) components_clear(comp);
+    if (json_num(j, &reward)) {
+        // a bare number
+    } else if (json_is_object(j)) {
+        json_t *r = json_object_get(j, "reward");
+        if (!r) { json_decref(j); exec_garbage(s, id, "no \"reward\" key", line, n); }
+        if (!json_num(r, &reward)) { json_decref(j); exec_garbage(s, id, "\"reward\" is not a number", line, n); }
+        const char *key;
+        json_t *v;
+        double x;
+        json_object_foreach(j, key, v) {
+            if (strcmp(key, "reward") != 0 && comp && json_num(v, &x)) components_add(comp, key, x);
+        }
+    } else {
+        json_decref(j);
+        exec_garbage(s, id, "neither a number nor an object", line, n);
+    }
+    json_decref(j);
+    return reward;
+}
+
+// ---- exec: one batch in flight ------------------------------------------------------------
+
+// Write the k requests while reading answers as they come: the command may answer before it
+// has read everything, and both pipes have bounded buffers, so neither side may block.
+static void exec_chunk(Scorer *s, const ScoreRequest *req, int k, double *reward, ScoreComponents *comp) {
+    size_t out_len = 0, off = 0;
+    for (int i = 0; i < k; i++) encode_request(s, &req[i], &out_len);
+    int answered = 0;
+    double deadline = now_seconds() + s->timeout;
+    while (answered < k) {
+        // complete lines already read
+        char *nl;
+        while (answered < k && s->in_len && (nl = memchr(s->in, '\n', s->in_len))) {
+            size_t n = (size_t)(nl - s->in);
+            reward[answered] = parse_answer(s, req[answered].id, s->in, n, comp ? &comp[answered] : NULL);
+            s->in_len -= n + 1;
+            memmove(s->in, nl + 1, s->in_len);
+            answered++;
+            deadline = now_seconds() + s->timeout;
+        }
+        if (answered == k) break;
+        if (s->eof) exec_dead(s, req[answered].id);
+        double left = deadline - now_seconds();
+        if (left <= 0) {
+            kill_and_reap(s);
+            die(EXIT_RUNTIME, "scorer command '%s' gave no answer for record '%s' within %g s "
+                "(--exec-timeout); killed it", s->cmd, req[answered].id, s->timeout);
+        }
+        struct pollfd p[2] = {{s->from_fd, POLLIN, 0}, {s->to_fd, POLLOUT, 0}};
+        int np = off < out_len ? 2 : 1;
+        int r = poll(p, (nfds_t)np, left > 1000 ? 1000000 : (int)ceil(left * 1000));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            die(EXIT_RUNTIME, "scorer command '%s': poll: %s", s->cmd, strerror(errno));
+        }
+        if (p[0].revents) {
+            if (s->in_cap - s->in_len < 65536) {
+                s->in_cap = 2 * s->in_cap + 65536;
+                s->in = xrealloc(s->in, s->in_cap);
+            }
+            ssize_t got = read(s->from_fd, s->in + s->in_len, s->in_cap - s->in_len);
+            if (got > 0) s->in_len += (size_t)got;
+            else if (got == 0) s->eof = 1;
+            else if (errno != EAGAIN && errno != EINTR) s->eof = 1;
+        }
+        if (np == 2 && p[1].revents) {
+            ssize_t w = write_nosigpipe(s->to_fd, s->out + off, out_len - off);
+            if (w > 0) off += (size_t)w;
+            else if (w < 0 && errno == EPIPE) {
+                // it stopped reading: collect what it did answer, then report the rest
+                off = out_len;
+            } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                die(EXIT_RUNTIME, "scorer command '%s': write: %s", s->cmd, strerror(errno));
+            }
+        }
+    }
+}
+
+void scorer_score_batch(Scorer *s, const ScoreRequest *req, int n, double *reward, ScoreComponents *comp) {
+    if (s->kind == SK_VADER) {
+        for (int i = 0; i < n; i++) reward[i] = vader_one(s, &req[i], comp ? &comp[i] : NULL);
+        return;
+    }
+    for (int b = 0; b < n; b += s->batch) {
+        int k = n - b < s->batch ? n - b : s->batch;
+        exec_chunk(s, req + b, k, reward + b, comp ? comp + b : NULL);
+    }
+}
+
+double scorer_score(Scorer *s, const char *id, const char *prompt, const char *response,
+                    ScoreComponents *out) {
+    ScoreRequest r = {id, prompt, prompt ? strlen(prompt) : 0, response, response ? strlen(response) : 0};
+    double reward;
+    scorer_score_batch(s, &r, 1, &reward, out);
+    return reward;
+}
+
+void scorer_free(Scorer *s) {
+    if (!s) return;
+    if (s->kind == SK_EXEC) {
+        close(s->to_fd);  // EOF on its stdin: a well-behaved scorer exits now
+        if (!reap(s, s->timeout < 10 ? s->timeout : 10)) {
+            warn("scorer command '%s' did not exit after its input closed; killed it", s->cmd);
+            kill_and_reap(s);
+        } else if (!(WIFEXITED(s->status) && WEXITSTATUS(s->status) == 0)) {
+            char how[128];
+            warn("scorer command '%s' %s after answering", s->cmd, exit_words(s->status, how, sizeof how));
+        }
+        if (s->in_len) warn("scorer command '%s' sent %zu bytes more than its answers", s->cmd, s->in_len);
+        close(s->from_fd);
+    }
+    vader_free(s->vader);
+    free(s->lexicon);
+    free(s->cmd);
+    free(s->in);
+    free(s->out);
+    free(s->desc);
+    free(s);
+}

@@ -1,0 +1,113 @@
+# pipelines/safe.mk — a SAFE training run as file targets, one directory per iteration.
+#
+#   make -f pipelines/safe.mk RUN=run/demo ITERS=20
+#
+#   RUN/init/control.safe            initial control state (safe-pid --init)
+#   RUN/0007/rollout.K.safe          rollout shard K of SHARDS (safe-rollout --shard K/SHARDS)
+#   RUN/0007/scored.K.safe           its rewards (safe-score)
+#   RUN/0007/rollout.safe            the shards concatenated (for inspection and reruns)
+#   RUN/0007/scored.safe             the scored shards concatenated
+#   RUN/0007/adv.safe + critic/      values, advantages, next critic (safe-critic)
+#   RUN/0007/stats.safe + policy/    next policy and the iteration's stats (safe-update)
+#   RUN/0007/control.safe            next control state: tau, phase, PID (safe-pid)
+#
+# Every stage writes to a temporary name and renames, so after an interruption `make` redoes
+# only the missing targets; each stage is a pure function of its inputs and the seed, so the
+# resumed run is identical to an uninterrupted one. `make -j` runs the rollout/score shards
+# in parallel. LAUNCH is put before each per-shard stage (e.g. `srun -N1 -n1`, `ssh host`),
+# LAUNCH_DP before the critic and update.
+
+SAFE_BIN   ?= bin
+DATA       ?= ../shared/data
+MODEL      ?= $(DATA)/stories260K/stories260K.bin
+REF        ?= $(MODEL)
+PROMPTS    ?= $(DATA)/tinystories/prompts.jsonl
+SCORER     ?= --vader
+RUN        ?= run/safe
+ITERS      ?= 10
+BATCH      ?= 16
+SAMPLES    ?= 4
+SEED       ?= 1
+ALGO       ?= safe
+SHARDS     ?= 1
+MAX_NEW    ?= 64
+TEMP       ?= 1.0
+LEVEL      ?= 3
+LAUNCH     ?=
+LAUNCH_DP  ?=
+QUIET      ?= --quiet
+ROLLOUT_OPTS ?=
+SCORE_OPTS   ?=
+CRITIC_OPTS  ?=
+UPDATE_OPTS  ?=
+PID_OPTS     ?=
+REPORT_OPTS  ?=
+
+ITER_NAMES := $(shell seq -f %04g 0 $$(( $(ITERS) - 1 )))
+SHARD_IDS  := $(shell seq 0 $$(( $(SHARDS) - 1 )))
+LAST       := $(lastword $(ITER_NAMES))
+B          := $(SAFE_BIN)
+
+# Previous iteration's name (empty for the first).
+prev = $(if $(filter 0000,$(1)),,$(shell printf %04d $$(expr $(1) - 1)))
+# Iteration number without leading zeros.
+num = $(shell expr $(1) + 0)
+# Policy, critic and control state that iteration $(1) starts from, and their make targets.
+policy_path  = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/policy,$(MODEL))
+policy_dep   = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/stats.safe,$(MODEL))
+critic_arg   = $(if $(call prev,$(1)),--critic $(RUN)/$(call prev,$(1))/critic,--init-from $(MODEL))
+critic_dep   = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/adv.safe,$(MODEL))
+control_path = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/control.safe,$(RUN)/init/control.safe)
+
+.PHONY: all report
+.DELETE_ON_ERROR:
+all: $(RUN)/$(LAST)/control.safe
+	@$(B)/safe-report --summary $(REPORT_OPTS) $(RUN)
+
+report:
+	@$(B)/safe-report $(REPORT_OPTS) $(RUN)
+
+$(RUN)/init/control.safe:
+	@mkdir -p $(@D)
+	@$(B)/safe-pid --init --algo $(ALGO) $(PID_OPTS) --level $(LEVEL) -o $@
+
+# One shard of one iteration's rollout and its scores: $(1) iteration, $(2) shard index.
+define shard_rules
+$(RUN)/$(1)/rollout.$(2).safe: $(call policy_dep,$(1))
+	@mkdir -p $$(@D)
+	@$(LAUNCH) $(B)/safe-rollout --policy $(call policy_path,$(1)) --ref $(REF) --prompts $(PROMPTS) \
+	  --num-prompts $(BATCH) --samples-per-prompt $(SAMPLES) --max-new-tokens $(MAX_NEW) \
+	  --temperature $(TEMP) --seed $(SEED) --iteration $(call num,$(1)) --shard $(2)/$(SHARDS) \
+	  --level $(LEVEL) $(QUIET) $(ROLLOUT_OPTS) -o $$@
+
+$(RUN)/$(1)/scored.$(2).safe: $(RUN)/$(1)/rollout.$(2).safe
+	@$(LAUNCH) $(B)/safe-score $(SCORER) $(SCORE_OPTS) --level $(LEVEL) $(QUIET) -i $$< -o $$@
+endef
+
+# The stages of iteration $(1).
+define iteration_rules
+$(foreach k,$(SHARD_IDS),$(eval $(call shard_rules,$(1),$(k))))
+
+$(RUN)/$(1)/rollout.safe: $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/rollout.$(k).safe)
+	@$(B)/safe-cat --level $(LEVEL) -o $$@ $$^
+
+$(RUN)/$(1)/scored.safe: $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/scored.$(k).safe) $(RUN)/$(1)/rollout.safe
+	@$(B)/safe-cat --level $(LEVEL) -o $$@ $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/scored.$(k).safe)
+
+$(RUN)/$(1)/adv.safe: $(RUN)/$(1)/scored.safe $(call critic_dep,$(1)) $(call control_path,$(1))
+	@$(LAUNCH_DP) $(B)/safe-critic $(call critic_arg,$(1)) --control $(call control_path,$(1)) \
+	  --algo $(ALGO) --seed $(SEED) --level $(LEVEL) $(QUIET) $(CRITIC_OPTS) \
+	  -i $$< -o $$@ --out-critic $(RUN)/$(1)/critic
+
+$(RUN)/$(1)/stats.safe: $(RUN)/$(1)/adv.safe $(call policy_dep,$(1)) $(call control_path,$(1))
+	@$(LAUNCH_DP) $(B)/safe-update --policy $(call policy_path,$(1)) --control $(call control_path,$(1)) \
+	  --algo $(ALGO) --seed $(SEED) --level $(LEVEL) $(QUIET) $(UPDATE_OPTS) \
+	  -i $$< -o $(RUN)/$(1)/policy --stats $$@
+
+$(RUN)/$(1)/control.safe: $(RUN)/$(1)/stats.safe $(call control_path,$(1))
+	@$(B)/safe-pid --algo $(ALGO) --control $(call control_path,$(1)) $(PID_OPTS) --level $(LEVEL) \
+	  --quiet -o $$@ $$<
+	@$(B)/safe-report --line $(REPORT_OPTS) $(RUN)/$(1)
+endef
+
+$(foreach i,$(ITER_NAMES),$(eval $(call iteration_rules,$(i))))

@@ -1,0 +1,533 @@
+// safe-critic — the double soft-min critic: values, GAE advantages, and the critic's own step.
+//
+//   safe-critic --critic run/0003/critic -i run/0004/scored.safe
+//               -o run/0004/adv.safe --out-critic run/0004/critic
+//
+// Per iteration: fold the batch's rewards into the running normaliser, value every response
+// token with both heads (V1, V2) and their soft-min V_soft, put the normalised score on the
+// last valid token, run GAE and whiten the advantages, then train the critic (backbone and
+// heads) on the clipped Huber value loss. --algo ppo gives the baseline's single head, the
+// KL-in-reward token rewards and the clipped squared value loss.
+#include <getopt.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adamw.h"       // AdamW, grad_clip
+#include "advantage.h"   // RewardNorm, token_rewards, gae_sequence, whiten, advantage_sequence
+#include "checkpoint.h"  // model_load, checkpoint_save/load_*
+#include "common.h"      // die, xmalloc, exit codes
+#include "losses.h"      // value_loss_safe_*, value_loss_ppo_*
+#include "progress.h"    // progress on stderr
+#include "recstore.h"    // the whole batch in memory
+#include "shard.h"       // output shard, control state
+#include "softmin.h"     // softmin_forward/backward
+#include "trainbatch.h"  // records -> SeqBatch and packed fields
+#include "valuehead.h"   // the value heads
+
+typedef struct {
+    const char *critic, *init_from, *control, *input, *output, *out_critic;
+    const char *algo, *adv_mode;
+    float gamma, lambda, alpha, vf_clip, huber_delta;
+    float lr, weight_decay, grad_clip, beta;
+    int epochs, minibatches, head_hidden;
+    unsigned long long seed;
+    int level, quiet, no_whiten;
+} Options;
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: safe-critic (--critic DIR | --init-from MODEL) -i SCORED.safe -o ADV.safe\n"
+        "                   --out-critic DIR [options]\n"
+        "\n"
+        "Value every response token with the double soft-min critic, compute GAE advantages,\n"
+        "and take the critic's optimiser steps.\n"
+        "\n"
+        "  --critic DIR           the critic checkpoint of the previous iteration\n"
+        "  --init-from MODEL      first iteration: a new critic whose backbone is MODEL\n"
+        "                         (checkpoint directory or llama2.c .bin) and fresh heads\n"
+        "  --control FILE         control state from safe-pid (the PPO baseline reads beta)\n"
+        "  -i, --input FILE       scored records ('-' = stdin, default)\n"
+        "  -o, --output FILE      advantaged records ('-' = stdout, default)\n"
+        "  --out-critic DIR       where to write the updated critic (required)\n"
+        "  --algo safe|ppo        two soft-min heads + Huber loss (safe), or one head, KL in the\n"
+        "                         reward and the clipped squared loss (ppo)\n"
+        "  --adv token|seq        per-token GAE (default) or the reference's sequence mode\n"
+        "  --gamma X --lambda X   GAE discount and trace (1.0, 0.95)\n"
+        "  --alpha X              soft-min temperature (0.3)\n"
+        "  --vf-clip X            value clip around the recorded values (0.2)\n"
+        "  --huber-delta X        Huber threshold (0.5)\n"
+        "  --beta X               PPO baseline KL coefficient when no control state has one (0.05)\n"
+        "  --lr X                 critic AdamW learning rate (1e-5)\n"
+        "  --weight-decay X       (0.01)\n"
+        "  --grad-clip X          critic gradient-norm clip (0.5)\n"
+        "  --epochs N             (2)    --minibatches N   must divide the batch (1)\n"
+        "  --head-hidden N        width of each head's hidden layer (dim/4)\n"
+        "  --no-whiten            leave advantages unwhitened\n"
+        "  --seed N               head initialisation and minibatch shuffling seed (0)\n"
+        "  --level N              zstd level of the output (3; 0 = raw)\n"
+        "  --quiet                no progress on stderr\n"
+        "  --help, --version\n");
+}
+
+static float parse_float(const char *opt, const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == 0 || *end != 0 || !isfinite(v)) die(EXIT_USAGE, "--%s needs a finite number, got '%s'", opt, s);
+    return (float)v;
+}
+
+static int parse_int(const char *opt, const char *s) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0) die(EXIT_USAGE, "--%s needs an integer, got '%s'", opt, s);
+    return (int)v;
+}
+
+static void parse_args(int argc, char **argv, Options *o) {
+    enum { O_CRITIC = 256, O_INIT, O_CONTROL, O_OUTCRITIC, O_ALGO, O_ADV, O_GAMMA, O_LAMBDA, O_ALPHA,
+           O_VFCLIP, O_HUBER, O_BETA, O_LR, O_WD, O_GCLIP, O_EPOCHS, O_MB, O_HH, O_NOWHITEN, O_SEED,
+           O_LEVEL, O_QUIET, O_HELP, O_VERSION };
+    static const struct option longs[] = {
+        {"critic", 1, 0, O_CRITIC}, {"init-from", 1, 0, O_INIT}, {"control", 1, 0, O_CONTROL},
+        {"input", 1, 0, 'i'}, {"output", 1, 0, 'o'}, {"out-critic", 1, 0, O_OUTCRITIC},
+        {"algo", 1, 0, O_ALGO}, {"adv", 1, 0, O_ADV}, {"gamma", 1, 0, O_GAMMA},
+        {"lambda", 1, 0, O_LAMBDA}, {"alpha", 1, 0, O_ALPHA}, {"vf-clip", 1, 0, O_VFCLIP},
+        {"huber-delta", 1, 0, O_HUBER}, {"beta", 1, 0, O_BETA}, {"lr", 1, 0, O_LR},
+        {"weight-decay", 1, 0, O_WD}, {"grad-clip", 1, 0, O_GCLIP}, {"epochs", 1, 0, O_EPOCHS},
+        {"minibatches", 1, 0, O_MB}, {"head-hidden", 1, 0, O_HH}, {"no-whiten", 0, 0, O_NOWHITEN},
+        {"seed", 1, 0, O_SEED}, {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET},
+        {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+    *o = (Options){.input = "-", .output = "-", .algo = "safe", .adv_mode = "token", .gamma = 1.0f,
+                   .lambda = 0.95f, .alpha = 0.3f, .vf_clip = 0.2f, .huber_delta = 0.5f,
+                   .lr = 1e-5f, .weight_decay = 0.01f, .grad_clip = 0.5f, .beta = 0.05f,
+                   .epochs = 2, .minibatches = 1, .level = 3};
+    int c;
+    while ((c = getopt_long(argc, argv, "i:o:", longs, NULL)) != -1) {
+        switch (c) {
+        case O_CRITIC: o->critic = optarg; break;
+        case O_INIT: o->init_from = optarg; break;
+        case O_CONTROL: o->control = optarg; break;
+        case 'i': o->input = optarg; break;
+        case 'o': o->output = optarg; break;
+        case O_OUTCRITIC: o->out_critic = optarg; break;
+        case O_ALGO: o->algo = optarg; break;
+        case O_ADV: o->adv_mode = optarg; break;
+        case O_GAMMA: o->gamma = parse_float("gamma", optarg); break;
+        case O_LAMBDA: o->lambda = parse_float("lambda", optarg); break;
+        case O_ALPHA: o->alpha = parse_float("alpha", optarg); break;
+        case O_VFCLIP: o->vf_clip = parse_float("vf-clip", optarg); break;
+        case O_HUBER: o->huber_delta = parse_float("huber-delta", optarg); break;
+        case O_BETA: o->beta = parse_float("beta", optarg); break;
+        case O_LR: o->lr = parse_float("lr", optarg); break;
+        case O_WD: o->weight_decay = parse_float("weight-decay", optarg); break;
+        case O_GCLIP: o->grad_clip = parse_float("grad-clip", optarg); break;
+        case O_EPOCHS: o->epochs = parse_int("epochs", optarg); break;
+        case O_MB: o->minibatches = parse_int("minibatches", optarg); break;
+        case O_HH: o->head_hidden = parse_int("head-hidden", optarg); break;
+        case O_NOWHITEN: o->no_whiten = 1; break;
+        case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
+        case O_LEVEL: o->level = parse_int("level", optarg); break;
+        case O_QUIET: o->quiet = 1; break;
+        case O_HELP: usage(stdout); exit(EXIT_OK);
+        case O_VERSION: printf("safe-critic %s\n", SAFE_VERSION); exit(EXIT_OK);
+        default: usage(stderr); exit(EXIT_USAGE);
+        }
+    }
+    if (optind < argc) die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
+    if (!o->critic == !o->init_from) die(EXIT_USAGE, "give exactly one of --critic DIR and --init-from MODEL");
+    if (!o->out_critic) die(EXIT_USAGE, "--out-critic DIR is required (the next iteration's critic)");
+    if (strcmp(o->algo, "safe") && strcmp(o->algo, "ppo")) die(EXIT_USAGE, "--algo must be safe or ppo, got '%s'", o->algo);
+    if (strcmp(o->adv_mode, "token") && strcmp(o->adv_mode, "seq")) die(EXIT_USAGE, "--adv must be token or seq, got '%s'", o->adv_mode);
+    if (o->gamma <= 0 || o->gamma > 1) die(EXIT_USAGE, "--gamma must be in (0, 1] (got %g)", o->gamma);
+    if (o->lambda < 0 || o->lambda > 1) die(EXIT_USAGE, "--lambda must be in [0, 1] (got %g)", o->lambda);
+    if (o->alpha <= 0) die(EXIT_USAGE, "--alpha must be > 0 (got %g)", o->alpha);
+    if (o->vf_clip <= 0) die(EXIT_USAGE, "--vf-clip must be > 0 (got %g)", o->vf_clip);
+    if (o->huber_delta <= 0) die(EXIT_USAGE, "--huber-delta must be > 0 (got %g)", o->huber_delta);
+    if (o->beta < 0) die(EXIT_USAGE, "--beta must be >= 0 (got %g)", o->beta);
+    if (o->lr < 0) die(EXIT_USAGE, "--lr must be >= 0 (got %g)", o->lr);
+    if (o->weight_decay < 0) die(EXIT_USAGE, "--weight-decay must be >= 0 (got %g)", o->weight_decay);
+    if (o->grad_clip < 0) die(EXIT_USAGE, "--grad-clip must be >= 0 (0 = off; got %g)", o->grad_clip);
+    if (o->epochs < 1) die(EXIT_USAGE, "--epochs must be >= 1 (got %d)", o->epochs);
+    if (o->minibatches < 1) die(EXIT_USAGE, "--minibatches must be >= 1 (got %d)", o->minibatches);
+    if (o->head_hidden < 0) die(EXIT_USAGE, "--head-hidden must be > 0 (got %d)", o->head_hidden);
+    if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
+}
+
+// ---- the critic: backbone + heads + their optimisers + the reward normaliser ----
+
+typedef struct {
+    Model *backbone;
+    ValueHead *head;
+    AdamW *opt_backbone, *opt_head;
+    RewardNorm norm;
+} Critic;
+
+static int n_heads_for(const Options *o) { return strcmp(o->algo, "safe") == 0 ? 2 : 1; }
+
+static void head_tensors(ValueHead *vh, int grads, StTensor *out, int *n) {
+    ValueHeadTensor t[VALUEHEAD_MAX_TENSORS];
+    *n = valuehead_tensors(vh, grads, t);
+    for (int i = 0; i < *n; i++) {
+        out[i] = (StTensor){.name = t[i].name, .data = t[i].data, .ndim = t[i].ndim};
+        for (int d = 0; d < t[i].ndim; d++) out[i].shape[d] = t[i].shape[d];
+    }
+}
+
+static Critic *critic_load(const Options *o) {
+    Critic *c = xcalloc(1, sizeof(*c));
+    AdamWConfig ac = {.lr = o->lr, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = o->weight_decay};
+    rewardnorm_init(&c->norm);
+    if (o->init_from) {
+        c->backbone = model_load(o->init_from);
+        c->head = valuehead_create(c->backbone->cfg.dim, o->head_hidden, n_heads_for(o), o->seed);
+        c->opt_backbone = adamw_create(c->backbone->n_params, ac);
+        c->opt_head = adamw_create(c->head->n_params, ac);
+        return c;
+    }
+    c->backbone = model_load(o->critic);
+    json_t *st = checkpoint_load_trainer_state(o->critic);
+    if (!st) die(EXIT_BADINPUT, "%s: no trainer_state.json: not a critic checkpoint (make one with --init-from)", o->critic);
+    json_t *heads = json_object_get(st, "value_heads"), *hidden = json_object_get(st, "value_head_hidden");
+    json_t *nrm = json_object_get(st, "reward_norm");
+    if (!json_is_integer(heads) || !json_is_integer(hidden) || !json_is_object(nrm))
+        die(EXIT_BADINPUT, "%s/trainer_state.json: missing value_heads, value_head_hidden or reward_norm", o->critic);
+    if (json_integer_value(heads) != n_heads_for(o))
+        die(EXIT_BADINPUT, "%s: critic has %d value heads but --algo %s needs %d", o->critic,
+            (int)json_integer_value(heads), o->algo, n_heads_for(o));
+    c->norm.count = json_number_value(json_object_get(nrm, "count"));
+    c->norm.mean = json_number_value(json_object_get(nrm, "mean"));
+    c->norm.var = json_number_value(json_object_get(nrm, "var"));
+    if (!(c->norm.count > 0) || !isfinite(c->norm.mean) || !(c->norm.var >= 0))
+        die(EXIT_BADINPUT, "%s/trainer_state.json: field reward_norm is invalid", o->critic);
+    c->head = valuehead_create(c->backbone->cfg.dim, (int)json_integer_value(hidden), n_heads_for(o), o->seed);
+    StTensor t[VALUEHEAD_MAX_TENSORS];
+    int n;
+    head_tensors(c->head, 0, t, &n);
+    if (!checkpoint_load_group(o->critic, "value_head", t, n))
+        die(EXIT_BADINPUT, "%s: value_head.safetensors is missing", o->critic);
+    c->opt_backbone = adamw_create(c->backbone->n_params, ac);
+    c->opt_head = adamw_create(c->head->n_params, ac);
+    checkpoint_load_optimizer(o->critic, c->opt_backbone);
+    c->opt_backbone->cfg = ac;
+    StTensor ht[2] = {{.name = "exp_avg", .data = c->opt_head->m, .ndim = 1, .shape = {(int64_t)c->head->n_params}},
+                      {.name = "exp_avg_sq", .data = c->opt_head->v, .ndim = 1, .shape = {(int64_t)c->head->n_params}}};
+    checkpoint_load_group(o->critic, "value_head_optimizer", ht, 2);
+    c->opt_head->step = c->opt_backbone->step;
+    json_decref(st);
+    return c;
+}
+
+static void critic_save(const Options *o, Critic *c, long iteration) {
+    const char *src = o->critic ? o->critic : o->init_from;
+    char *tok = model_tokenizer_path(src);
+    StTensor t[VALUEHEAD_MAX_TENSORS];
+    int n;
+    head_tensors(c->head, 0, t, &n);
+    StTensor ht[2] = {{.name = "exp_avg", .data = c->opt_head->m, .ndim = 1, .shape = {(int64_t)c->head->n_params}},
+                      {.name = "exp_avg_sq", .data = c->opt_head->v, .ndim = 1, .shape = {(int64_t)c->head->n_params}}};
+    TensorGroup groups[2] = {{.name = "value_head", .t = t, .n = n}, {.name = "value_head_optimizer", .t = ht, .n = 2}};
+    json_t *state = json_pack("{s:I, s:I, s:i, s:i, s:s, s:{s:f, s:f, s:f}}", "step", (json_int_t)c->opt_backbone->step,
+                              "iteration", (json_int_t)iteration, "value_heads", c->head->n_heads,
+                              "value_head_hidden", c->head->Hd, "algo", o->algo, "reward_norm",
+                              "count", c->norm.count, "mean", c->norm.mean, "var", c->norm.var);
+    CheckpointParts parts = {.tokenizer_path = tok, .bos_id = -1, .eos_id = -1, .opt = c->opt_backbone,
+                             .trainer_state = state, .groups = groups, .n_groups = 2};
+    checkpoint_save(o->out_critic, c->backbone, &parts);
+    json_decref(state);
+    free(tok);
+}
+
+static void critic_free(Critic *c) {
+    model_free(c->backbone);
+    valuehead_free(c->head);
+    adamw_free(c->opt_backbone);
+    adamw_free(c->opt_head);
+    free(c);
+}
+
+// Values of every response token of sb: v1, v2 (n_resp; v2 unused with one head). Leaves the
+// backbone's and head's activations in place for a following backward. hid: (n_resp, C) scratch.
+static void critic_values(Critic *c, const SeqBatch *sb, float *hid, float *v1, float *v2) {
+    model_forward(c->backbone, sb->tokens, sb->mask, sb->B, sb->T, 0);
+    seqbatch_gather(sb, c->backbone->hidden, c->backbone->cfg.dim, hid);
+    valuehead_forward(c->head, hid, sb->n_resp, v1, c->head->n_heads == 2 ? v2 : NULL);
+}
+
+// ---- advantages ----
+
+typedef struct {
+    float *rnorm;                 // (B) normalised scores
+    float *v1, *v2, *values;      // (n) values before the update; values = V_soft or V1
+    float *token_reward;          // (n) per-token rewards (score on the last token, PPO KL)
+    float *adv, *ret;             // (n)
+    uint8_t *target_mask;         // (n) tokens the value loss sees (all, or last per row)
+} Targets;
+
+static void compute_targets(const Options *o, Critic *c, const RecStore *s, const SeqBatch *sb,
+                            double beta, Targets *tg) {
+    int B = sb->B, safe = strcmp(o->algo, "safe") == 0;
+    size_t n = sb->n_resp ? sb->n_resp : 1;
+    // reward normalisation: update the running state with this batch, then normalise
+    float *reward = records_scalar(s, NULL, B, "reward");   // NaN -> exit 3 naming the record
+    tg->rnorm = xmalloc(B * sizeof(float));
+    if (rewardnorm_update(&c->norm, reward, B) != ADV_OK) die(EXIT_RUNTIME, "non-finite reward in the batch");
+    rewardnorm_apply(&c->norm, reward, B, tg->rnorm);
+    free(reward);
+    // values of every response token
+    float *hid = xmalloc(n * c->backbone->cfg.dim * sizeof(float));
+    tg->v1 = xmalloc(n * sizeof(float));
+    tg->v2 = xmalloc(n * sizeof(float));
+    tg->values = xmalloc(n * sizeof(float));
+    critic_values(c, sb, hid, tg->v1, tg->v2);
+    if (safe) softmin_forward(tg->v1, tg->v2, sb->n_resp, o->alpha, tg->values);
+    else memcpy(tg->values, tg->v1, n * sizeof(float));
+    free(hid);
+    // per-token rewards: the normalised score on the last valid token (+ PPO's KL penalty)
+    float *old = NULL, *ref = NULL;
+    if (!safe) {
+        old = records_tokfield(s, NULL, B, sb, "logp");
+        ref = records_tokfield(s, NULL, B, sb, "ref_logp");
+    }
+    tg->token_reward = xcalloc(n, sizeof(float));
+    tg->adv = xcalloc(n, sizeof(float));
+    tg->ret = xcalloc(n, sizeof(float));
+    tg->target_mask = xcalloc(n, 1);
+    int seq = strcmp(o->adv_mode, "seq") == 0;
+    for (int b = 0; b < B; b++) {
+        size_t off = sb->resp_off[b];
+        int len = sb->resp_len[b];
+        if (len == 0) continue;
+        token_rewards(old ? old + off : NULL, ref ? ref + off : NULL, len, len, safe ? 0.0f : (float)beta,
+                      tg->rnorm[b], tg->token_reward + off);
+        if (!seq) {
+            gae_sequence(tg->token_reward + off, tg->values + off, len, len, o->gamma, o->lambda,
+                         tg->adv + off, tg->ret + off);
+            memset(tg->target_mask + off, 1, len);
+        }
+    }
+    if (seq) {
+        // one value per sequence at its last token; A = r~ - V, whitened over sequences
+        float *vlast = xmalloc(B * sizeof(float)), *aseq = xmalloc(B * sizeof(float));
+        for (int b = 0; b < B; b++) {
+            int len = sb->resp_len[b];
+            vlast[b] = len ? tg->values[sb->resp_off[b] + len - 1] : 0;
+        }
+        int rc = o->no_whiten ? ADV_OK : advantage_sequence(tg->rnorm, vlast, B, 1e-8, aseq);
+        if (o->no_whiten) for (int b = 0; b < B; b++) aseq[b] = tg->rnorm[b] - vlast[b];
+        if (rc != ADV_OK) die(EXIT_BADINPUT, "%s: sequence-mode advantages: %s", s->path, adv_strerror(rc));
+        for (int b = 0; b < B; b++) {
+            size_t off = sb->resp_off[b];
+            int len = sb->resp_len[b];
+            for (int t = 0; t < len; t++) {
+                tg->adv[off + t] = aseq[b];
+                tg->ret[off + t] = tg->rnorm[b];
+            }
+            if (len) tg->target_mask[off + len - 1] = 1;
+        }
+        free(vlast);
+        free(aseq);
+    } else if (!o->no_whiten) {
+        int rc = whiten(tg->adv, NULL, sb->n_resp, 1e-8, NULL, NULL);
+        if (rc != ADV_OK) die(EXIT_BADINPUT, "%s: cannot whiten advantages: %s", s->path, adv_strerror(rc));
+    }
+    free(old);
+    free(ref);
+}
+
+static void targets_free(Targets *tg) {
+    free(tg->rnorm); free(tg->v1); free(tg->v2); free(tg->values);
+    free(tg->token_reward); free(tg->adv); free(tg->ret); free(tg->target_mask);
+}
+
+// ---- training ----
+
+typedef struct {
+    double value_loss, grad_norm, clip_frac;
+    int updates;
+} CriticStats;
+
+static void shuffle(int *idx, int n, unsigned long long seed) {
+    unsigned long long x = seed;
+    for (int i = 0; i < n; i++) idx[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        x += 0x9E3779B97F4A7C15ULL;
+        unsigned long long z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        int j = (int)(z % (unsigned long long)(i + 1));
+        int t = idx[i]; idx[i] = idx[j]; idx[j] = t;
+    }
+}
+
+// Value loss of one head and its gradient (dv += ...).
+static ValueStats head_loss(const Options *o, const float *v, const float *v_old, const float *ret,
+                            const uint8_t *mask, size_t n, float weight, float *dv) {
+    if (strcmp(o->algo, "safe") == 0) {
+        ValueStats vs = value_loss_safe_forward(v, v_old, ret, mask, n, o->vf_clip, o->huber_delta);
+        value_loss_safe_backward(v, v_old, ret, mask, n, o->vf_clip, o->huber_delta, weight, dv);
+        return vs;
+    }
+    ValueStats vs = value_loss_ppo_forward(v, v_old, ret, mask, n, o->vf_clip);
+    value_loss_ppo_backward(v, v_old, ret, mask, n, o->vf_clip, weight, dv);
+    return vs;
+}
+
+static void train_minibatch(const Options *o, Critic *c, const RecStore *s, const SeqBatch *full,
+                            const Targets *tg, const int *rows, int nrows, CriticStats *cs) {
+    SeqBatch *sb = records_seqbatch(s, rows, nrows);
+    size_t n = sb->n_resp ? sb->n_resp : 1;
+    int C = c->backbone->cfg.dim, heads = c->head->n_heads;
+    float *hid = xmalloc(n * C * sizeof(float));
+    float *v1 = xmalloc(n * sizeof(float)), *v2 = xmalloc(n * sizeof(float));
+    float *o1 = xmalloc(n * sizeof(float)), *o2 = xmalloc(n * sizeof(float)), *ret = xmalloc(n * sizeof(float));
+    float *dv1 = xcalloc(n, sizeof(float)), *dv2 = xcalloc(n, sizeof(float));
+    float *mf = xmalloc(n * sizeof(float));
+    uint8_t *mask = xmalloc(n);
+    pack_rows(full, tg->v1, rows, nrows, sb, o1);
+    pack_rows(full, tg->v2, rows, nrows, sb, o2);
+    pack_rows(full, tg->ret, rows, nrows, sb, ret);
+    float *mfull = xmalloc((full->n_resp ? full->n_resp : 1) * sizeof(float));
+    for (size_t i = 0; i < full->n_resp; i++) mfull[i] = tg->target_mask[i];
+    pack_rows(full, mfull, rows, nrows, sb, mf);
+    for (size_t i = 0; i < sb->n_resp; i++) mask[i] = mf[i] != 0;
+
+    critic_values(c, sb, hid, v1, v2);
+    // each head regresses on the returns around its own recorded values; the soft-min of the
+    // two is what the advantages used (pessimism at use time, two independent estimates)
+    float w = 1.0f / heads;
+    ValueStats a = head_loss(o, v1, o1, ret, mask, sb->n_resp, w, dv1);
+    double loss = w * a.loss, clip = w * a.clip_frac;
+    if (heads == 2) {
+        ValueStats b = head_loss(o, v2, o2, ret, mask, sb->n_resp, w, dv2);
+        loss += w * b.loss;
+        clip += w * b.clip_frac;
+    }
+    if (!isfinite(loss)) die(EXIT_RUNTIME, "non-finite critic value loss: lower the critic --lr?");
+
+    // backward: heads -> hidden at the predicting positions -> backbone
+    model_zero_grad(c->backbone);
+    valuehead_zero_grad(c->head);
+    float *dh = xcalloc(n * C, sizeof(float));
+    valuehead_backward(c->head, hid, sb->n_resp, dv1, heads == 2 ? dv2 : NULL, dh);
+    float *dhidden = xcalloc((size_t)sb->B * sb->T * C, sizeof(float));
+    seqbatch_scatter(sb, dh, C, dhidden);
+    model_backward(c->backbone, NULL, dhidden);
+
+    // one global norm over backbone and heads, then both optimisers step
+    double n1 = grad_clip(c->backbone->grads, c->backbone->n_params, 0);
+    double n2 = grad_clip(c->head->grads, c->head->n_params, 0);
+    double norm = sqrt(n1 * n1 + n2 * n2);
+    if (!isfinite(norm)) die(EXIT_RUNTIME, "non-finite critic gradient: lower the critic --lr?");
+    if (o->grad_clip > 0 && norm > o->grad_clip) {
+        float scale = (float)(o->grad_clip / (norm + 1e-6));
+        for (size_t i = 0; i < c->backbone->n_params; i++) c->backbone->grads[i] *= scale;
+        for (size_t i = 0; i < c->head->n_params; i++) c->head->grads[i] *= scale;
+    }
+    adamw_step(c->opt_backbone, c->backbone->params, c->backbone->grads);
+    adamw_step(c->opt_head, c->head->params, c->head->grads);
+
+    cs->value_loss += loss;
+    cs->clip_frac += clip;
+    cs->grad_norm += norm;
+    cs->updates++;
+    free(hid); free(v1); free(v2); free(o1); free(o2); free(ret); free(dv1); free(dv2);
+    free(mf); free(mfull); free(mask); free(dh); free(dhidden);
+    seqbatch_free(sb);
+}
+
+// ---- output ----
+
+static void write_output(const Options *o, const RecStore *s, const SeqBatch *sb, const Targets *tg,
+                         const Critic *c, const CriticStats *cs, double beta) {
+    ShardWriter *w = shard_create(o->output, o->level);
+    Fields *h = fields_new();
+    double u = cs->updates ? cs->updates : 1;
+    fields_str(h, "kind", "adv");
+    fields_str(h, "tool", "safe-critic");
+    fields_str(h, "tool_version", SAFE_VERSION);
+    fields_str(h, "algo", o->algo);
+    fields_str(h, "adv_mode", o->adv_mode);
+    fields_f64(h, "value_loss", cs->value_loss / u);
+    fields_f64(h, "critic_grad_norm", cs->grad_norm / u);
+    fields_f64(h, "value_clip_frac", cs->clip_frac / u);
+    fields_f64(h, "reward_norm_count", c->norm.count);
+    fields_f64(h, "reward_norm_mean", c->norm.mean);
+    fields_f64(h, "reward_norm_var", c->norm.var);
+    if (strcmp(o->algo, "ppo") == 0) fields_f64(h, "beta", beta);
+    shard_write_header(w, s->header.map, h);
+    Fields *f = fields_new();
+    int safe = strcmp(o->algo, "safe") == 0;
+    for (int b = 0; b < sb->B; b++) {
+        size_t off = sb->resp_off[b], len = sb->resp_len[b];
+        fields_clear(f);
+        fields_f64(f, "reward_norm", tg->rnorm[b]);
+        fields_f32s(f, "v1", tg->v1 + off, len);
+        if (safe) {
+            fields_f32s(f, "v2", tg->v2 + off, len);
+            fields_f32s(f, "v_soft", tg->values + off, len);
+        }
+        fields_f32s(f, "values", tg->values + off, len);
+        fields_f32s(f, "token_reward", tg->token_reward + off, len);
+        fields_f32s(f, "adv", tg->adv + off, len);
+        fields_f32s(f, "ret", tg->ret + off, len);
+        shard_write(w, &s->recs[b], f);
+    }
+    shard_commit(w);
+    fields_free(f);
+    fields_free(h);
+}
+
+static double read_beta(const Options *o) {
+    if (!o->control) return o->beta;
+    ShardReader *r = shard_open(o->control);
+    Record rec;
+    double beta = o->beta;
+    if (shard_next(r, &rec) && rec_has(&rec, "beta")) beta = rec_f64(&rec, "beta");
+    if (!isfinite(beta) || beta < 0) die(EXIT_BADINPUT, "%s: record 0: field 'beta' must be finite and >= 0", o->control);
+    shard_close(r);
+    return beta;
+}
+
+int main(int argc, char **argv) {
+    safe_progname = "safe-critic";
+    Options o;
+    parse_args(argc, argv, &o);
+    double beta = read_beta(&o);
+    RecStore *s = recstore_read(o.input);
+    if (s->n < 2) die(EXIT_BADINPUT, "%s: %zu records: the critic needs at least 2 to whiten advantages", s->path, s->n);
+    if (s->n % (size_t)o.minibatches != 0)
+        die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);
+    long iteration = (long)recstore_header_f64(s, "iteration", 0);
+
+    Critic *c = critic_load(&o);
+    int B = (int)s->n;
+    SeqBatch *sb = records_seqbatch(s, NULL, B);
+    Targets tg = {0};
+    compute_targets(&o, c, s, sb, beta, &tg);
+
+    CriticStats cs = {0};
+    int mb = B / o.minibatches;
+    int *idx = xmalloc(B * sizeof(int));
+    Progress *p = progress_start("critic", (long)o.epochs * o.minibatches, "steps", o.quiet);
+    for (int e = 0; e < o.epochs; e++) {
+        if (o.minibatches > 1) shuffle(idx, B, o.seed * 1000003ULL + (unsigned long long)iteration * 101 + e);
+        else for (int i = 0; i < B; i++) idx[i] = i;
+        for (int k = 0; k < o.minibatches; k++) {
+            train_minibatch(&o, c, s, sb, &tg, idx + k * mb, mb, &cs);
+            progress_update(p, (long)e * o.minibatches + k + 1, 0);
+        }
+    }
+    progress_end(p);
+
+    critic_save(&o, c, iteration);
+    write_output(&o, s, sb, &tg, c, &cs, beta);
+
+    free(idx);
+    targets_free(&tg);
+    seqbatch_free(sb);
+    critic_free(c);
+    recstore_free(s);
+    return EXIT_OK;
+}

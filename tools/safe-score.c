@@ -1,0 +1,317 @@
+// safe-score — the reward stage: add a scalar reward (and its components) to every rollout record.
+//
+//   safe-score --vader < rollout.safe > scored.safe
+//   safe-score --exec 'python3 rm.py' --missing-eos-penalty 1 --clip-reward 5 -i rollout.safe -o scored.safe
+//
+// Adds to each record
+//   reward              float64, the scalar used downstream: clip(reward_raw + eos term)
+//   reward_raw          the scorer's value (VADER compound, or the command's "reward")
+//   reward_components   map name -> number (VADER: compound, pos, neg, neu; exec: the extra
+//                       numeric keys of the answer; may be empty)
+//   reward_eos_penalty  -X, only on records whose finish is not "eos" under --missing-eos-penalty X
+// A non-finite reward from --exec is written through (with a warning at the end): safe-critic
+// is the stage that stops on it, naming the record.
+#include <getopt.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"    // die, warn, xmalloc, safe_data_dir, exit codes
+#include "progress.h"  // progress on stderr
+#include "scorer.h"    // Scorer: scorer_vader, scorer_exec, scorer_score_batch
+#include "shard.h"     // shard_open/next, fields_*, shard_write
+
+typedef struct {
+    const char *input, *output;
+    const char *lexicon;      // --vader (NULL: the default lexicon)
+    const char *emoji;        // --vader-emoji
+    const char *exec;         // --exec
+    int use_vader;
+    double exec_timeout;
+    int exec_batch;
+    int has_eos, has_clip;
+    double eos_penalty;       // --missing-eos-penalty X (has_eos)
+    double clip;              // --clip-reward A (has_clip)
+    ScoreField field;
+    int level, quiet;
+} Options;
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: safe-score [--vader [LEXICON] | --exec CMD] [options] [-i] [ROLLOUT.safe] [-o SCORED.safe]\n"
+        "\n"
+        "Add a reward to every rollout record: reward, reward_raw, reward_components and, when\n"
+        "applied, reward_eos_penalty. Writes a shard of kind \"scored\".\n"
+        "\n"
+        "  --vader[=LEXICON]        VADER sentiment compound in [-1, 1] (the default scorer);\n"
+        "                           LEXICON defaults to $SAFE_DATA/vader/vader_lexicon.txt and may\n"
+        "                           also follow as a separate argument when it ends in .txt\n"
+        "  --vader-emoji FILE       translate emojis with vaderSentiment's emoji_utf8_lexicon.txt\n"
+        "  --score-field F          what VADER reads: response (default) or prompt+response\n"
+        "  --exec CMD               external scorer run as 'sh -c CMD': JSON lines\n"
+        "                           {\"id\",\"prompt\",\"response\"} in, a number or\n"
+        "                           {\"reward\": x, ...} out, one line per request\n"
+        "  --exec-timeout S         seconds to wait for each answer (60)\n"
+        "  --exec-batch K           requests in flight at once (16)\n"
+        "  --missing-eos-penalty X  add -X to the reward of records whose finish is not \"eos\"\n"
+        "  --clip-reward A          clip the reward to [-A, A] (after the penalty)\n"
+        "  -i, --input FILE         rollout shard ('-' = stdin, the default)\n"
+        "  -o, --output FILE        scored shard ('-' = stdout, the default)\n"
+        "  --level N                zstd level of the output (3; 0 = raw msgpack)\n"
+        "  --quiet                  no progress on stderr\n"
+        "  --help, --version\n"
+        "\n"
+        "Exit status: 0 ok, 1 usage, 2 bad input or a scorer answer that is not a reward,\n"
+        "3 a scorer that dies or hangs, or another runtime failure. See safe-score(1).\n");
+}
+
+static double parse_num(const char *opt, const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == 0 || *end != 0 || !isfinite(v)) die(EXIT_USAGE, "--%s needs a finite number, got '%s'", opt, s);
+    return v;
+}
+
+static int parse_int(const char *opt, const char *s) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < -1000000000L || v > 1000000000L)
+        die(EXIT_USAGE, "--%s needs an integer, got '%s'", opt, s);
+    return (int)v;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static void parse_args(int argc, char **argv, Options *o) {
+    enum { O_VADER = 256, O_EMOJI, O_FIELD, O_EXEC, O_TIMEOUT, O_BATCH, O_EOS, O_CLIP, O_LEVEL,
+           O_QUIET, O_HELP, O_VERSION };
+    static const struct option longs[] = {
+        {"vader", optional_argument, 0, O_VADER}, {"vader-emoji", 1, 0, O_EMOJI},
+        {"score-field", 1, 0, O_FIELD}, {"exec", 1, 0, O_EXEC}, {"exec-timeout", 1, 0, O_TIMEOUT},
+        {"exec-batch", 1, 0, O_BATCH}, {"missing-eos-penalty", 1, 0, O_EOS},
+        {"clip-reward", 1, 0, O_CLIP}, {"input", 1, 0, 'i'}, {"output", 1, 0, 'o'},
+        {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
+        {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+    *o = (Options){.output = "-", .exec_timeout = SCORER_DEFAULT_TIMEOUT,
+                   .exec_batch = SCORER_DEFAULT_BATCH, .level = 3};
+    int c;
+    while ((c = getopt_long(argc, argv, "i:o:", longs, NULL)) != -1) {
+        switch (c) {
+        case O_VADER:
+            o->use_vader = 1;
+            if (optarg) o->lexicon = optarg;
+            else if (optind < argc && argv[optind][0] != '-' && ends_with(argv[optind], ".txt"))
+                o->lexicon = argv[optind++];   // "--vader LEXICON.txt"
+            break;
+        case O_EMOJI: o->emoji = optarg; break;
+        case O_FIELD:
+            if (strcmp(optarg, "response") == 0) o->field = SCORE_RESPONSE;
+            else if (strcmp(optarg, "prompt+response") == 0) o->field = SCORE_PROMPT_RESPONSE;
+            else die(EXIT_USAGE, "--score-field must be response or prompt+response, got '%s'", optarg);
+            break;
+        case O_EXEC: o->exec = optarg; break;
+        case O_TIMEOUT: o->exec_timeout = parse_num("exec-timeout", optarg); break;
+        case O_BATCH: o->exec_batch = parse_int("exec-batch", optarg); break;
+        case O_EOS: o->eos_penalty = parse_num("missing-eos-penalty", optarg); o->has_eos = 1; break;
+        case O_CLIP: o->clip = parse_num("clip-reward", optarg); o->has_clip = 1; break;
+        case 'i': o->input = optarg; break;
+        case 'o': o->output = optarg; break;
+        case O_LEVEL: o->level = parse_int("level", optarg); break;
+        case O_QUIET: o->quiet = 1; break;
+        case O_HELP: usage(stdout); exit(EXIT_OK);
+        case O_VERSION: printf("safe-score %s\n", SAFE_VERSION); exit(EXIT_OK);
+        default: usage(stderr); exit(EXIT_USAGE);
+        }
+    }
+    if (optind < argc) {
+        if (o->input) die(EXIT_USAGE, "two inputs: -i %s and '%s' (see --help)", o->input, argv[optind]);
+        o->input = argv[optind++];
+    }
+    if (optind < argc) die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
+    if (!o->input) o->input = "-";
+    if (o->exec && o->use_vader) die(EXIT_USAGE, "--vader and --exec exclude each other: pick one scorer");
+    if (o->exec && !*o->exec) die(EXIT_USAGE, "--exec needs a command");
+    if (o->exec && o->emoji) die(EXIT_USAGE, "--vader-emoji applies to the VADER scorer, not --exec");
+    if (!(o->exec_timeout > 0)) die(EXIT_USAGE, "--exec-timeout must be > 0 seconds (got %g)", o->exec_timeout);
+    if (o->exec_batch < 1) die(EXIT_USAGE, "--exec-batch must be >= 1 (got %d)", o->exec_batch);
+    if (o->has_eos && o->eos_penalty < 0)
+        die(EXIT_USAGE, "--missing-eos-penalty must be >= 0: it is subtracted (got %g)", o->eos_penalty);
+    if (o->has_clip && !(o->clip > 0)) die(EXIT_USAGE, "--clip-reward must be > 0 (got %g)", o->clip);
+    if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
+}
+
+// ---- records in flight ----
+// shard_next() invalidates the previous record, so the records of a batch are kept as packed
+// copies until their rewards are back.
+
+typedef struct {
+    msgpack_sbuffer buf;
+    msgpack_unpacked obj;
+    Record rec;
+    char *id, *prompt, *response;
+    size_t prompt_len, response_len;
+    int eos;                 // finish == "eos"
+} Pending;
+
+// "id" as text for messages and the exec protocol: a string, an integer, or "#INDEX".
+static char *record_id(const Record *r) {
+    const msgpack_object *o = rec_find(r, "id");
+    char buf[64];
+    if (o && o->type == MSGPACK_OBJECT_STR) {
+        char *s = xmalloc(o->via.str.size + 1);
+        memcpy(s, o->via.str.ptr, o->via.str.size);
+        s[o->via.str.size] = '\0';
+        return s;
+    }
+    if (o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) snprintf(buf, sizeof buf, "%llu", (unsigned long long)o->via.u64);
+    else if (o && o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) snprintf(buf, sizeof buf, "%lld", (long long)o->via.i64);
+    else snprintf(buf, sizeof buf, "#%ld", r->index);
+    return xstrdup(buf);
+}
+
+static char *copy_text(const Record *r, const char *key, int required, size_t *len) {
+    if (!required && !rec_has(r, key)) { *len = 0; return xstrdup(""); }
+    const char *s = rec_str(r, key, len);   // dies (2) naming file, record, field
+    char *c = xmalloc(*len + 1);
+    memcpy(c, s, *len);
+    c[*len] = '\0';
+    return c;
+}
+
+static void pending_fill(Pending *p, const Record *r, const Options *o) {
+    p->id = record_id(r);
+    p->response = copy_text(r, "response", 1, &p->response_len);
+    int need_prompt = o->exec || o->field == SCORE_PROMPT_RESPONSE;
+    p->prompt = copy_text(r, "prompt", 0, &p->prompt_len);
+    if (!need_prompt) p->prompt_len = 0;
+    if (o->has_eos) {
+        size_t n;
+        const char *f = rec_str(r, "finish", &n);
+        p->eos = n == 3 && memcmp(f, "eos", 3) == 0;
+    }
+    msgpack_sbuffer_init(&p->buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &p->buf, msgpack_sbuffer_write);
+    msgpack_pack_object(&pk, *r->map);
+    msgpack_unpacked_init(&p->obj);
+    if (msgpack_unpack_next(&p->obj, p->buf.data, p->buf.size, NULL) != MSGPACK_UNPACK_SUCCESS)
+        die(EXIT_RUNTIME, "%s: record %ld: cannot copy the record", r->file, r->index);
+    p->rec = (Record){&p->obj.data, r->file, r->index};
+}
+
+static void pending_clear(Pending *p) {
+    msgpack_unpacked_destroy(&p->obj);
+    msgpack_sbuffer_destroy(&p->buf);
+    free(p->id);
+    free(p->prompt);
+    free(p->response);
+}
+
+int main(int argc, char **argv) {
+    safe_progname = "safe-score";
+    Options o;
+    parse_args(argc, argv, &o);
+
+    // the scorer first: a bad lexicon or command fails before any output exists
+    Scorer *sc;
+    char lexbuf[4096];
+    if (o.exec) {
+        sc = scorer_exec(o.exec);
+        scorer_set_timeout(sc, o.exec_timeout);
+        scorer_set_batch(sc, o.exec_batch);
+    } else {
+        if (!o.lexicon) {
+            snprintf(lexbuf, sizeof lexbuf, "%s/vader/vader_lexicon.txt", safe_data_dir());
+            o.lexicon = lexbuf;
+        }
+        sc = scorer_vader(o.lexicon);
+        scorer_set_field(sc, o.field);
+        if (o.emoji) scorer_vader_emoji(sc, o.emoji);
+    }
+
+    ShardReader *r = shard_open(o.input);
+    ShardWriter *w = shard_create(o.output, o.level);
+    Fields *h = fields_new();
+    fields_str(h, "kind", "scored");
+    fields_str(h, "tool", "safe-score");
+    fields_str(h, "tool_version", SAFE_VERSION);
+    fields_str(h, "scorer", scorer_describe(sc));
+    if (o.has_eos) fields_f64(h, "reward_missing_eos_penalty", o.eos_penalty);
+    if (o.has_clip) fields_f64(h, "reward_clip", o.clip);
+    shard_write_header(w, shard_header(r), h);
+    fields_free(h);
+
+    int k = scorer_batch(sc);
+    Pending *pend = xcalloc((size_t)k, sizeof *pend);
+    ScoreRequest *req = xcalloc((size_t)k, sizeof *req);
+    ScoreComponents *comp = xcalloc((size_t)k, sizeof *comp);
+    double *raw = xcalloc((size_t)k, sizeof *raw);
+    Fields *f = fields_new();
+    Progress *prog = progress_start("score", -1, "records", o.quiet);
+    long done = 0, nonfinite = 0, penalised = 0, clipped = 0;
+    char first_bad[128] = "";
+    double sum = 0;
+    Record rec;
+    int more = 1;
+    while (more) {
+        // gather a batch
+        int n = 0;
+        while (n < k && (more = shard_next(r, &rec))) {
+            pending_fill(&pend[n], &rec, &o);
+            req[n] = (ScoreRequest){pend[n].id, pend[n].prompt, pend[n].prompt_len,
+                                    pend[n].response, pend[n].response_len};
+            n++;
+        }
+        if (n == 0) break;
+        scorer_score_batch(sc, req, n, raw, comp);
+        for (int i = 0; i < n; i++) {
+            double reward = raw[i];
+            fields_clear(f);
+            fields_f64(f, "reward_raw", raw[i]);
+            msgpack_packer *pk = fields_packer(f, "reward_components");
+            msgpack_pack_map(pk, (size_t)comp[i].n);
+            for (int j = 0; j < comp[i].n; j++) {
+                msgpack_pack_str_with_body(pk, comp[i].name[j], strlen(comp[i].name[j]));
+                msgpack_pack_double(pk, comp[i].value[j]);
+            }
+            if (o.has_eos && !pend[i].eos) {
+                reward = reward + -o.eos_penalty;
+                fields_f64(f, "reward_eos_penalty", -o.eos_penalty);
+                penalised++;
+            } else {
+                fields_drop(f, "reward_eos_penalty");   // stale from an earlier scoring
+            }
+            if (o.has_clip && (reward > o.clip || reward < -o.clip)) {   // NaN stays NaN
+                reward = reward > o.clip ? o.clip : -o.clip;
+                clipped++;
+            }
+            fields_f64(f, "reward", reward);
+            if (!isfinite(reward)) {
+                if (!nonfinite++) snprintf(first_bad, sizeof first_bad, "%s", pend[i].id);
+            } else {
+                sum += reward;
+            }
+            shard_write(w, &pend[i].rec, f);
+            pending_clear(&pend[i]);
+        }
+        done += n;
+        progress_update(prog, done, 0);
+    }
+    progress_end(prog);
+    shard_close(r);
+    shard_commit(w);
+    scorer_free(sc);
+    if (nonfinite)
+        warn("%ld record(s) have a non-finite reward (first: '%s'); written through, "
+             "safe-critic stops on them", nonfinite, first_bad);
+    if (!o.quiet)
+        fprintf(stderr, "safe-score: %ld records, mean reward %.6g, %ld missing-EOS penalties, %ld clipped\n",
+                done, done - nonfinite ? sum / (double)(done - nonfinite) : 0.0, penalised, clipped);
+    for (int i = 0; i < k; i++) components_free(&comp[i]);
+    free(comp), free(raw), free(req), free(pend);
+    fields_free(f);
+    return EXIT_OK;
+}

@@ -1,0 +1,469 @@
+// safe-update — the SAFE policy step: PPO clipped surrogate + entropy-gated asymmetric KL
+// penalty (EPC, with gradient) + entropy bonus, AdamW; or the PPO baseline (--algo ppo).
+//
+//   safe-update --policy run/0003/policy --control run/0003/control.safe
+//               -i run/0004/adv.safe -o run/0004/policy > run/0004/stats.safe
+//
+// Reads advantaged records (safe-critic's output), writes the next policy checkpoint with its
+// optimiser state, and one stats record (SAFE-SPEC §8: what this stage knows) on stdout.
+#include <getopt.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "adamw.h"       // AdamW, grad_clip
+#include "checkpoint.h"  // model_load, checkpoint_save, model_tokenizer_path
+#include "common.h"      // die, xmalloc, exit codes
+#include "losses.h"      // ppo_loss_*, entropy_bonus_*, kl_estimate, epc_*
+#include "progress.h"    // progress bar on stderr
+#include "recstore.h"    // the whole batch in memory
+#include "shard.h"       // control state and stats shards
+#include "trainbatch.h"  // records -> SeqBatch and packed per-token fields
+
+typedef struct {
+    const char *policy, *control, *input, *output, *stats;
+    const char *algo;       // "safe" or "ppo"
+    int epochs, minibatches;
+    float lr, weight_decay, beta1, beta2, adam_eps;
+    float clip_eps, ent_coef, grad_clip;
+    float temperature;      // 0: from the input header
+    double step_limit;      // predictive step limit KL_max; 0 = off
+    EPCConfig epc;
+    int momentum_window;
+    unsigned long long seed;
+    int level, quiet;
+} Options;
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: safe-update --policy CKPT -i ADV.safe -o OUTDIR [options] > stats.safe\n"
+        "\n"
+        "Take the SAFE (or PPO) policy step on a batch of advantaged records.\n"
+        "\n"
+        "  --policy PATH          current policy: checkpoint directory or llama2.c .bin\n"
+        "  --control FILE         control state from safe-pid (tau, k_short, k_long, beta);\n"
+        "                         absent: the initial state (tau 0.45)\n"
+        "  -i, --input FILE       advantaged records from safe-critic ('-' = stdin, default)\n"
+        "  -o, --output DIR       next policy checkpoint directory (required)\n"
+        "  --stats FILE           stats shard ('-' = stdout, default)\n"
+        "  --algo safe|ppo        SAFE (default) or the PPO baseline (no EPC, no entropy bonus)\n"
+        "  --epochs N             passes over the batch (2)\n"
+        "  --minibatches N        minibatches per epoch; must divide the batch (1)\n"
+        "  --lr X                 AdamW learning rate (1e-5)\n"
+        "  --weight-decay X       AdamW decoupled weight decay (0.01)\n"
+        "  --clip X               PPO ratio clip epsilon (0.2)\n"
+        "  --ent-coef X           entropy bonus c_H (0.01 for safe, 0 for ppo)\n"
+        "  --grad-clip X          global gradient-norm clip (1.0)\n"
+        "  --temperature T        sampling temperature of the log-probs (default: the rollout's)\n"
+        "  --epc-detach           reference-code behaviour: the EPC penalty has no gradient\n"
+        "  --kl-estimator k1|k3   estimator of kappa for EPC (k1)\n"
+        "  --lambda-a X           EPC penalty weight (0.1)\n"
+        "  --h-floor X            entropy-gate floor H_floor (2.0)\n"
+        "  --eps-h X              entropy-gate epsilon (0.1)\n"
+        "  --gate-min X           entropy-gate minimum (0.5)\n"
+        "  --momentum             add the KL momentum term (off)\n"
+        "  --lambda-m X           momentum weight (5.0)\n"
+        "  --step-limit KLMAX     predictive step limit: scale a step whose KL(old||new) > KLMAX\n"
+        "  --seed N               minibatch shuffling seed (0)\n"
+        "  --level N              zstd level of the stats shard (3; 0 = raw)\n"
+        "  --quiet                no progress on stderr\n"
+        "  --help, --version\n");
+}
+
+static float parse_float(const char *opt, const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == 0 || *end != 0 || !isfinite(v)) die(EXIT_USAGE, "--%s needs a finite number, got '%s'", opt, s);
+    return (float)v;
+}
+
+static int parse_int(const char *opt, const char *s) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0) die(EXIT_USAGE, "--%s needs an integer, got '%s'", opt, s);
+    return (int)v;
+}
+
+static void parse_args(int argc, char **argv, Options *o) {
+    enum { O_POLICY = 256, O_CONTROL, O_STATS, O_ALGO, O_EPOCHS, O_MB, O_LR, O_WD, O_CLIP, O_ENT,
+           O_GCLIP, O_TEMP, O_DETACH, O_KLEST, O_LAMBDA_A, O_HFLOOR, O_EPSH, O_GATEMIN, O_MOM,
+           O_LAMBDA_M, O_STEPLIM, O_SEED, O_LEVEL, O_QUIET, O_HELP, O_VERSION };
+    static const struct option longs[] = {
+        {"policy", 1, 0, O_POLICY}, {"control", 1, 0, O_CONTROL}, {"input", 1, 0, 'i'},
+        {"output", 1, 0, 'o'}, {"stats", 1, 0, O_STATS}, {"algo", 1, 0, O_ALGO},
+        {"epochs", 1, 0, O_EPOCHS}, {"minibatches", 1, 0, O_MB}, {"lr", 1, 0, O_LR},
+        {"weight-decay", 1, 0, O_WD}, {"clip", 1, 0, O_CLIP}, {"ent-coef", 1, 0, O_ENT},
+        {"grad-clip", 1, 0, O_GCLIP}, {"temperature", 1, 0, O_TEMP}, {"epc-detach", 0, 0, O_DETACH},
+        {"kl-estimator", 1, 0, O_KLEST}, {"lambda-a", 1, 0, O_LAMBDA_A}, {"h-floor", 1, 0, O_HFLOOR},
+        {"eps-h", 1, 0, O_EPSH}, {"gate-min", 1, 0, O_GATEMIN}, {"momentum", 0, 0, O_MOM},
+        {"lambda-m", 1, 0, O_LAMBDA_M}, {"step-limit", 1, 0, O_STEPLIM}, {"seed", 1, 0, O_SEED},
+        {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
+        {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+    *o = (Options){.input = "-", .stats = "-", .algo = "safe", .epochs = 2, .minibatches = 1,
+                   .lr = 1e-5f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f,
+                   .adam_eps = 1e-8f, .clip_eps = 0.2f, .ent_coef = -1, .grad_clip = 1.0f,
+                   .level = 3, .epc = epc_defaults()};
+    int c;
+    while ((c = getopt_long(argc, argv, "i:o:", longs, NULL)) != -1) {
+        switch (c) {
+        case O_POLICY: o->policy = optarg; break;
+        case O_CONTROL: o->control = optarg; break;
+        case 'i': o->input = optarg; break;
+        case 'o': o->output = optarg; break;
+        case O_STATS: o->stats = optarg; break;
+        case O_ALGO: o->algo = optarg; break;
+        case O_EPOCHS: o->epochs = parse_int("epochs", optarg); break;
+        case O_MB: o->minibatches = parse_int("minibatches", optarg); break;
+        case O_LR: o->lr = parse_float("lr", optarg); break;
+        case O_WD: o->weight_decay = parse_float("weight-decay", optarg); break;
+        case O_CLIP: o->clip_eps = parse_float("clip", optarg); break;
+        case O_ENT: o->ent_coef = parse_float("ent-coef", optarg); break;
+        case O_GCLIP: o->grad_clip = parse_float("grad-clip", optarg); break;
+        case O_TEMP: o->temperature = parse_float("temperature", optarg); break;
+        case O_DETACH: o->epc.detach = 1; break;
+        case O_KLEST:
+            if (strcmp(optarg, "k1") == 0) o->epc.est = KL_K1;
+            else if (strcmp(optarg, "k3") == 0) o->epc.est = KL_K3;
+            else die(EXIT_USAGE, "--kl-estimator must be k1 or k3, got '%s'", optarg);
+            break;
+        case O_LAMBDA_A: o->epc.lambda_a = parse_float("lambda-a", optarg); break;
+        case O_HFLOOR: o->epc.h_floor = parse_float("h-floor", optarg); break;
+        case O_EPSH: o->epc.eps_h = parse_float("eps-h", optarg); break;
+        case O_GATEMIN: o->epc.gate_min = parse_float("gate-min", optarg); break;
+        case O_MOM: o->epc.momentum = 1; break;
+        case O_LAMBDA_M: o->epc.lambda_m = parse_float("lambda-m", optarg); break;
+        case O_STEPLIM: o->step_limit = parse_float("step-limit", optarg); break;
+        case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
+        case O_LEVEL: o->level = parse_int("level", optarg); break;
+        case O_QUIET: o->quiet = 1; break;
+        case O_HELP: usage(stdout); exit(EXIT_OK);
+        case O_VERSION: printf("safe-update %s\n", SAFE_VERSION); exit(EXIT_OK);
+        default: usage(stderr); exit(EXIT_USAGE);
+        }
+    }
+    if (optind < argc) die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
+    if (!o->policy) die(EXIT_USAGE, "--policy is required (a checkpoint directory or llama2.c .bin)");
+    if (!o->output) die(EXIT_USAGE, "-o/--output is required (the next policy's checkpoint directory)");
+    int ppo = strcmp(o->algo, "ppo") == 0;
+    if (!ppo && strcmp(o->algo, "safe") != 0) die(EXIT_USAGE, "--algo must be safe or ppo, got '%s'", o->algo);
+    if (o->ent_coef < 0) o->ent_coef = ppo ? 0.0f : 0.01f;
+    if (o->epochs < 1) die(EXIT_USAGE, "--epochs must be >= 1 (got %d)", o->epochs);
+    if (o->minibatches < 1) die(EXIT_USAGE, "--minibatches must be >= 1 (got %d)", o->minibatches);
+    if (o->lr < 0) die(EXIT_USAGE, "--lr must be >= 0 (got %g)", o->lr);
+    if (o->weight_decay < 0) die(EXIT_USAGE, "--weight-decay must be >= 0 (got %g)", o->weight_decay);
+    if (o->clip_eps <= 0) die(EXIT_USAGE, "--clip must be > 0 (got %g)", o->clip_eps);
+    if (o->grad_clip < 0) die(EXIT_USAGE, "--grad-clip must be >= 0 (0 = off; got %g)", o->grad_clip);
+    if (o->temperature < 0) die(EXIT_USAGE, "--temperature must be > 0 (got %g)", o->temperature);
+    if (o->step_limit < 0) die(EXIT_USAGE, "--step-limit must be > 0 (0 = off; got %g)", o->step_limit);
+    if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
+    char why[256];
+    if (epc_config_check(&o->epc, why, sizeof why) != 0) die(EXIT_USAGE, "%s", why);
+}
+
+// ---- control state ----
+
+typedef struct {
+    double tau, k_short, k_long;
+    long iteration;
+} Control;
+
+static Control read_control(const char *path) {
+    Control c = {.tau = 0.45, .k_short = 0, .k_long = 0, .iteration = -1};
+    if (!path) return c;   // the initial state: see control.h (tau = clip(0.3 * 1.5))
+    ShardReader *r = shard_open(path);
+    Record rec;
+    if (!shard_next(r, &rec)) die(EXIT_BADINPUT, "%s: control state has no record (make it with safe-pid --init)", path);
+    c.tau = rec_f64(&rec, "tau");
+    c.k_short = rec_has(&rec, "k_short") ? rec_f64(&rec, "k_short") : 0;
+    c.k_long = rec_has(&rec, "k_long") ? rec_f64(&rec, "k_long") : 0;
+    if (rec_has(&rec, "iteration")) c.iteration = rec_i64(&rec, "iteration");
+    if (!isfinite(c.tau) || !isfinite(c.k_short) || !isfinite(c.k_long))
+        rec_die(&rec, "tau", EXIT_BADINPUT, "control state holds a non-finite value");
+    shard_close(r);
+    return c;
+}
+
+// ---- rollout statistics (no gradient; SAFE-SPEC §1) ----
+
+typedef struct {
+    double reward_mean, reward_std, reward_norm_mean;
+    double h_roll;          // mean over sequences of the per-sequence mean entropy
+    double kl_roll;         // the same aggregation of logp_old - ref_logp (k1)
+    double length_mean, eos_rate;
+} RolloutStats;
+
+// Mean over sequences of the masked per-sequence mean of x (n_resp packed).
+static double seq_mean(const SeqBatch *sb, const float *x) {
+    double total = 0;
+    int seqs = 0;
+    for (int b = 0; b < sb->B; b++) {
+        if (sb->resp_len[b] == 0) continue;
+        double s = 0;
+        for (int t = 0; t < sb->resp_len[b]; t++) s += x[sb->resp_off[b] + t];
+        total += s / sb->resp_len[b];
+        seqs++;
+    }
+    return seqs ? total / seqs : 0;
+}
+
+static RolloutStats rollout_stats(const RecStore *s, const SeqBatch *sb, const float *logp_old,
+                                  const float *ref_logp, const float *entropy) {
+    RolloutStats st = {0};
+    int B = sb->B;
+    float *reward = records_scalar(s, NULL, B, "reward");
+    uint8_t *eos = records_eos(s, NULL, B);
+    double sum = 0, sq = 0, norm_sum = 0, len = 0, eos_n = 0;
+    for (int b = 0; b < B; b++) {
+        sum += reward[b];
+        len += sb->resp_len[b];
+        eos_n += eos[b];
+        if (rec_has(&s->recs[b], "reward_norm")) norm_sum += rec_f64(&s->recs[b], "reward_norm");
+    }
+    st.reward_mean = sum / B;
+    for (int b = 0; b < B; b++) sq += (reward[b] - st.reward_mean) * (reward[b] - st.reward_mean);
+    st.reward_std = B > 1 ? sqrt(sq / (B - 1)) : 0;
+    st.reward_norm_mean = norm_sum / B;
+    st.length_mean = len / B;
+    st.eos_rate = eos_n / B;
+    st.h_roll = seq_mean(sb, entropy);
+    float *diff = xmalloc((sb->n_resp ? sb->n_resp : 1) * sizeof(float));
+    for (size_t i = 0; i < sb->n_resp; i++) diff[i] = logp_old[i] - ref_logp[i];
+    st.kl_roll = seq_mean(sb, diff);
+    free(diff);
+    free(reward);
+    free(eos);
+    return st;
+}
+
+// ---- the update ----
+
+typedef struct {
+    double policy_loss, clip_frac, ratio_mean, ratio_max, grad_norm, entropy_train;
+    double kappa, k_short, k_long, gate, penalty, step_scale_min;
+    int updates, active_updates;
+} UpdateStats;
+
+// Deterministic shuffle of 0..n-1 (splitmix64 stream from seed).
+static void shuffle(int *idx, int n, unsigned long long seed) {
+    unsigned long long x = seed;
+    for (int i = 0; i < n; i++) idx[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        x += 0x9E3779B97F4A7C15ULL;
+        unsigned long long z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        int j = (int)(z % (unsigned long long)(i + 1));
+        int t = idx[i]; idx[i] = idx[j]; idx[j] = t;
+    }
+}
+
+// One optimiser step on the minibatch `rows` (n rows). Returns through st; advances trackers.
+static void update_minibatch(const Options *o, Model *m, AdamW *opt, const RecStore *s,
+                             const SeqBatch *full, const float *adv_all, const float *old_all,
+                             const float *ref_all, const int *rows, int n, double tau,
+                             double h_roll, double *k_short, double *k_long, UpdateStats *st) {
+    int safe = strcmp(o->algo, "safe") == 0;
+    SeqBatch *sb = records_seqbatch(s, rows, n);
+    size_t N = sb->n_resp ? sb->n_resp : 1;
+    float *adv = xmalloc(N * sizeof(float)), *old = xmalloc(N * sizeof(float));
+    float *ref = xmalloc(N * sizeof(float)), *logp = xmalloc(N * sizeof(float));
+    float *ent = xmalloc(N * sizeof(float));
+    float *dlogp = xcalloc(N, sizeof(float)), *dent = xcalloc(N, sizeof(float));
+    pack_rows(full, adv_all, rows, n, sb, adv);
+    pack_rows(full, old_all, rows, n, sb, old);
+    pack_rows(full, ref_all, rows, n, sb, ref);
+
+    // forward: log-probs and entropies of the sampled tokens under the current policy
+    seqbatch_logprobs(m, sb, o->temperature, logp, ent);
+    for (size_t i = 0; i < sb->n_resp; i++)
+        if (!isfinite(logp[i]) || !isfinite(ent[i]))
+            die(EXIT_RUNTIME, "non-finite log-prob in the update forward (minibatch token %zu): lower --lr?", i);
+
+    // PPO clipped surrogate
+    PPOStats ps = ppo_loss_forward(logp, old, adv, NULL, sb->n_resp, o->clip_eps);
+    ppo_loss_backward(logp, old, adv, NULL, sb->n_resp, o->clip_eps, 1.0f, dlogp);
+    // entropy bonus
+    double h_train = 0;
+    entropy_bonus_forward(ent, NULL, sb->n_resp, o->ent_coef, &h_train);
+    if (o->ent_coef > 0) entropy_bonus_backward(NULL, sb->n_resp, o->ent_coef, 1.0f, dent);
+    // EPC: one-sided KL penalty above tau, scaled by the entropy gate, gradient through kappa
+    EPCResult er = {0};
+    if (safe) {
+        double kappa = kl_estimate(logp, ref, NULL, sb->n_resp, o->epc.est);
+        er = epc_forward(&o->epc, kappa, *k_short, *k_long, tau, h_roll, NULL);
+        epc_backward(&o->epc, &er, logp, ref, NULL, sb->n_resp, 1.0f, dlogp);
+        *k_short = er.k_short;
+        *k_long = er.k_long;
+    }
+
+    // backward through the model, clip, step
+    model_zero_grad(m);
+    seqbatch_logprobs_backward(m, sb, o->temperature, dlogp, o->ent_coef > 0 ? dent : NULL);
+    for (size_t i = 0; i < m->n_params; i++)
+        if (!isfinite(m->grads[i])) die(EXIT_RUNTIME, "non-finite policy gradient (parameter %zu): lower --lr?", i);
+    double gnorm = grad_clip(m->grads, m->n_params, o->grad_clip);
+    float *before = NULL;
+    if (o->step_limit > 0) {
+        before = xmalloc(m->n_params * sizeof(float));
+        memcpy(before, m->params, m->n_params * sizeof(float));
+    }
+    adamw_step(opt, m->params, m->grads);
+    double scale = 1;
+    if (before) {
+        // predictive step limit: KL(old || new) on this minibatch, scale the step back if too big
+        float *after = xmalloc(N * sizeof(float));
+        seqbatch_logprobs(m, sb, o->temperature, after, NULL);
+        double kl = kl_estimate(logp, after, NULL, sb->n_resp, KL_K1);
+        scale = step_limit_scale(kl, o->step_limit);
+        if (scale < 1)
+            for (size_t i = 0; i < m->n_params; i++)
+                m->params[i] = before[i] + (float)scale * (m->params[i] - before[i]);
+        free(after);
+        free(before);
+    }
+
+    st->policy_loss += ps.loss;
+    st->clip_frac += ps.clip_frac;
+    st->ratio_mean += ps.ratio_mean;
+    if (ps.ratio_max > st->ratio_max) st->ratio_max = ps.ratio_max;
+    st->grad_norm += gnorm;
+    st->entropy_train += h_train;
+    st->kappa = er.kappa;
+    st->gate = er.gate;
+    st->penalty += er.loss;
+    st->active_updates += er.active;
+    if (scale < st->step_scale_min) st->step_scale_min = scale;
+    st->updates++;
+    free(adv); free(old); free(ref); free(logp); free(ent); free(dlogp); free(dent);
+    seqbatch_free(sb);
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+static void write_stats(const Options *o, const RecStore *s, const Control *c, const RolloutStats *rs,
+                        const UpdateStats *us, double seconds) {
+    ShardWriter *w = shard_create(o->stats, o->level);
+    Fields *h = fields_new();
+    fields_str(h, "kind", "stats");
+    fields_str(h, "tool", "safe-update");
+    fields_str(h, "tool_version", SAFE_VERSION);
+    shard_write_header(w, s->header.map, h);
+    Fields *f = fields_new();
+    double u = us->updates ? us->updates : 1;
+    fields_i64(f, "iteration", (int64_t)recstore_header_f64(s, "iteration", c->iteration + 1));
+    fields_str(f, "algo", o->algo);
+    fields_i64(f, "samples", (int64_t)s->n);
+    fields_f64(f, "reward_mean", rs->reward_mean);
+    fields_f64(f, "reward_std", rs->reward_std);
+    fields_f64(f, "reward_norm_mean", rs->reward_norm_mean);
+    fields_f64(f, "kl", rs->kl_roll);
+    fields_f64(f, "kappa", us->kappa);
+    fields_f64(f, "k_short", us->k_short);
+    fields_f64(f, "k_long", us->k_long);
+    fields_f64(f, "tau", c->tau);
+    fields_f64(f, "gate", us->gate);
+    fields_f64(f, "penalty", us->penalty / u);
+    fields_bool(f, "penalty_active", us->active_updates > 0);
+    fields_i64(f, "penalty_active_updates", us->active_updates);
+    fields_f64(f, "entropy", rs->h_roll);
+    fields_f64(f, "entropy_train", us->entropy_train / u);
+    fields_f64(f, "policy_loss", us->policy_loss / u);
+    fields_f64(f, "clip_frac", us->clip_frac / u);
+    fields_f64(f, "ratio_mean", us->ratio_mean / u);
+    fields_f64(f, "ratio_max", us->ratio_max);
+    fields_f64(f, "grad_norm", us->grad_norm / u);
+    fields_f64(f, "step_scale_min", us->step_scale_min);
+    fields_i64(f, "updates", us->updates);
+    // the critic's numbers travel in the advantaged shard's header
+    const char *critic_keys[] = {"value_loss", "critic_grad_norm", "value_clip_frac", "beta"};
+    for (int i = 0; i < 4; i++)
+        if (rec_has(&s->header, critic_keys[i]))
+            fields_f64(f, critic_keys[i], rec_f64(&s->header, critic_keys[i]));
+    fields_f64(f, "length_mean", rs->length_mean);
+    fields_f64(f, "eos_rate", rs->eos_rate);
+    fields_f64(f, "seconds", seconds);
+    fields_f64(f, "peak_rss_mb", peak_rss_mb());
+    shard_write(w, NULL, f);
+    shard_commit(w);
+    fields_free(f);
+    fields_free(h);
+}
+
+static void save_policy(const Options *o, const Model *m, const AdamW *opt, long iteration) {
+    char *tok = model_tokenizer_path(o->policy);
+    json_t *state = json_pack("{s:I, s:I, s:s}", "step", (json_int_t)opt->step,
+                              "iteration", (json_int_t)iteration, "algo", o->algo);
+    CheckpointParts parts = {.tokenizer_path = tok, .bos_id = -1, .eos_id = -1, .opt = opt,
+                             .trainer_state = state};
+    checkpoint_save(o->output, m, &parts);
+    json_decref(state);
+    free(tok);
+}
+
+int main(int argc, char **argv) {
+    safe_progname = "safe-update";
+    Options o;
+    parse_args(argc, argv, &o);
+    double t0 = now_seconds();
+
+    Control ctl = read_control(o.control);
+    RecStore *s = recstore_read(o.input);
+    if (s->n == 0) die(EXIT_BADINPUT, "%s: no records to train on", s->path);
+    if (s->n % (size_t)o.minibatches != 0)
+        die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);
+    if (o.temperature == 0) o.temperature = (float)recstore_header_f64(s, "temperature", 1.0);
+    if (!(o.temperature > 0)) die(EXIT_BADINPUT, "%s: header field 'temperature' must be > 0", s->path);
+    long iteration = (long)recstore_header_f64(s, "iteration", ctl.iteration + 1);
+
+    Model *m = model_load(o.policy);
+    AdamWConfig ac = {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.adam_eps,
+                      .weight_decay = o.weight_decay};
+    AdamW *opt = adamw_create(m->n_params, ac);
+    if (checkpoint_is_dir(o.policy)) {
+        checkpoint_load_optimizer(o.policy, opt);
+        opt->cfg = ac;   // this run's hyper-parameters; the moments and step carry over
+    }
+
+    // the whole batch: tokens, old and reference log-probs, rollout entropies, advantages
+    int B = (int)s->n;
+    SeqBatch *full = records_seqbatch(s, NULL, B);
+    float *old = records_tokfield(s, NULL, B, full, "logp");
+    float *ref = records_tokfield(s, NULL, B, full, "ref_logp");
+    float *ent = records_tokfield(s, NULL, B, full, "entropy");
+    float *adv = records_tokfield(s, NULL, B, full, "adv");
+    RolloutStats rs = rollout_stats(s, full, old, ref, ent);
+
+    UpdateStats us = {.step_scale_min = 1};
+    double k_short = ctl.k_short, k_long = ctl.k_long;
+    int mb = B / o.minibatches;
+    int *idx = xmalloc(B * sizeof(int));
+    Progress *p = progress_start("update", (long)o.epochs * o.minibatches, "steps", o.quiet);
+    for (int e = 0; e < o.epochs; e++) {
+        if (o.minibatches > 1) shuffle(idx, B, o.seed * 1000003ULL + (unsigned long long)iteration * 101 + e);
+        else for (int i = 0; i < B; i++) idx[i] = i;
+        for (int k = 0; k < o.minibatches; k++) {
+            update_minibatch(&o, m, opt, s, full, adv, old, ref, idx + k * mb, mb, ctl.tau, rs.h_roll,
+                             &k_short, &k_long, &us);
+            progress_update(p, (long)e * o.minibatches + k + 1, 0);
+        }
+    }
+    progress_end(p);
+    us.k_short = strcmp(o.algo, "safe") == 0 ? k_short : ctl.k_short;
+    us.k_long = strcmp(o.algo, "safe") == 0 ? k_long : ctl.k_long;
+
+    save_policy(&o, m, opt, iteration);
+    write_stats(&o, s, &ctl, &rs, &us, now_seconds() - t0);
+
+    free(idx); free(old); free(ref); free(ent); free(adv);
+    seqbatch_free(full);
+    adamw_free(opt);
+    model_free(m);
+    recstore_free(s);
+    return EXIT_OK;
+}

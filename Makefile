@@ -53,7 +53,7 @@ TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES   := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/bench_*.c))
 HEADERS   := $(wildcard lib/*.h)
 
-.PHONY: all tools tests benches test test-asan bench demo deps install clean report-build
+.PHONY: all tools tests benches test test-asan bench demo demo-clean deps install clean report-build
 all: report-build $(LIBSAFE) $(TOOLS)
 
 report-build:
@@ -98,6 +98,34 @@ bench: all benches
 
 deps:
 	sh tests/deps.sh
+
+# ---- the demo: SAFE on stories260K with a VADER positive-sentiment reward (CPU, minutes) ----
+# SAFE defaults changed for a 260K-parameter model trained from scratch in a few minutes:
+#   policy lr 1e-5 -> 2e-4 and critic lr 1e-5 -> 1e-4 (full fine-tune of a tiny model, not
+#   LoRA on 3B: 1e-5 moves it too little to see in 30 iterations); 48 new tokens instead of 128
+#   (stories260K's stories are short). Everything else is SAFE-SPEC's default.
+DEMO_ITERS ?= 30
+ALGO       ?= safe
+DEMO_DIR   ?= demo/$(ALGO)
+DEMO_MODEL ?= ../shared/data/stories260K/stories260K.bin
+DEMO_FLAGS ?= RUN=$(DEMO_DIR) ITERS=$(DEMO_ITERS) ALGO=$(ALGO) SAFE_BIN=$(BIN) MODEL=$(DEMO_MODEL) \
+              BATCH=16 SAMPLES=4 MAX_NEW=48 SEED=1 \
+              UPDATE_OPTS="--lr 2e-4" CRITIC_OPTS="--lr 1e-4"
+DEMO_PROMPT = Once upon a time, there was a little girl named Lucy.
+
+demo: all
+	@test -f $(DEMO_MODEL) || { echo "demo: $(DEMO_MODEL) not found: see README.md, 'Data'"; exit 2; }
+	@echo "== $(ALGO) on stories260K, TinyStories prompts, VADER reward: $(DEMO_ITERS) iterations of 64 rollouts -> $(DEMO_DIR)/"
+	@echo "== before training (seed 7, temperature 0.8):"
+	@$(BIN)/safe-generate --model $(DEMO_MODEL) --prompt "$(DEMO_PROMPT)" -n 3 --seed 7 --temperature 0.8 --max-new-tokens 48
+	@$(BIN)/safe-report --header
+	@$(MAKE) -s --no-print-directory -f pipelines/safe.mk $(DEMO_FLAGS)
+	@echo "== after training (same seed):"
+	@$(BIN)/safe-generate --model $(DEMO_DIR)/$$(printf %04d $$(($(DEMO_ITERS) - 1)))/policy --prompt "$(DEMO_PROMPT)" -n 3 --seed 7 --temperature 0.8 --max-new-tokens 48
+	@echo "== files: $(DEMO_DIR)/NNNN/{rollout,scored,adv,stats,control}.safe, policy/, critic/ (safe-cat to read them)"
+
+demo-clean:
+	rm -rf demo
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5

@@ -21,16 +21,19 @@
 
 extern char **environ;
 
-enum { SK_VADER, SK_EXEC };
-
 struct Scorer {
-    int kind;
+    const ScorerOps *ops;
+    void *impl;
     char *desc;
-    // VADER
+};
+
+typedef struct {
     Vader *vader;
     ScoreField field;
-    char *lexicon;
-    // exec
+    char *lexicon, *emoji;
+} VaderState;
+
+typedef struct {
     char *cmd;
     pid_t pid;          // 0 once reaped
     int status;         // wait status once reaped
@@ -42,7 +45,9 @@ struct Scorer {
     int eof;
     char *out;          // encoded requests of the current batch
     size_t out_cap;
-};
+} Exec;
+
+static const ScorerOps VADER_OPS, EXEC_OPS;
 
 // ---- components ---------------------------------------------------------------------------
 
@@ -83,47 +88,77 @@ static char *xasprintf(const char *fmt, ...) {
     return s;
 }
 
+Scorer *scorer_new(const ScorerOps *ops, void *impl, const char *desc) {
+    Scorer *s = xcalloc(1, sizeof *s);
+    s->ops = ops;
+    s->impl = impl;
+    s->desc = xstrdup(desc);
+    return s;
+}
+
 const char *scorer_describe(const Scorer *s) { return s->desc; }
-const char *scorer_kind(const Scorer *s) { return s->kind == SK_VADER ? "vader" : "exec"; }
-int scorer_batch(const Scorer *s) { return s->kind == SK_EXEC ? s->batch : 64; }
+const char *scorer_kind(const Scorer *s) { return s->ops->kind; }
+int scorer_batch(const Scorer *s) { return s->ops->batch ? s->ops->batch(s->impl) : 64; }
+
+void scorer_score_batch(Scorer *s, const ScoreRequest *req, int n, double *reward, ScoreComponents *comp) {
+    s->ops->score_batch(s->impl, req, n, reward, comp);
+}
+
+double scorer_score(Scorer *s, const char *id, const char *prompt, const char *response,
+                    ScoreComponents *out) {
+    ScoreRequest r = {id, prompt, prompt ? strlen(prompt) : 0, response, response ? strlen(response) : 0};
+    double reward;
+    scorer_score_batch(s, &r, 1, &reward, out);
+    return reward;
+}
+
+void scorer_free(Scorer *s) {
+    if (!s) return;
+    s->ops->free(s->impl);
+    free(s->desc);
+    free(s);
+}
 
 // ---- VADER --------------------------------------------------------------------------------
 
 static void vader_describe(Scorer *s) {
+    VaderState *v = s->impl;
+    char *d = xasprintf("vader lexicon=%s entries=%zu field=%s%s%s", v->lexicon,
+                        vader_lexicon_size(v->vader),
+                        v->field == SCORE_RESPONSE ? "response" : "prompt+response",
+                        v->emoji ? " emoji=" : "", v->emoji ? v->emoji : "");
     free(s->desc);
-    s->desc = xasprintf("vader lexicon=%s entries=%zu field=%s", s->lexicon,
-                        vader_lexicon_size(s->vader),
-                        s->field == SCORE_RESPONSE ? "response" : "prompt+response");
+    s->desc = d;
 }
 
 Scorer *scorer_vader(const char *lexicon_path) {
-    Scorer *s = xcalloc(1, sizeof *s);
-    s->kind = SK_VADER;
-    s->vader = vader_load(lexicon_path);
-    s->lexicon = xstrdup(lexicon_path);
-    s->field = SCORE_RESPONSE;
+    VaderState *v = xcalloc(1, sizeof *v);
+    v->vader = vader_load(lexicon_path);
+    v->lexicon = xstrdup(lexicon_path);
+    v->field = SCORE_RESPONSE;
+    Scorer *s = scorer_new(&VADER_OPS, v, "vader");
     vader_describe(s);
     return s;
 }
 
 void scorer_set_field(Scorer *s, ScoreField f) {
-    if (s->kind != SK_VADER) return;
-    s->field = f;
+    if (s->ops != &VADER_OPS) return;
+    ((VaderState *)s->impl)->field = f;
     vader_describe(s);
 }
 
 void scorer_vader_emoji(Scorer *s, const char *emoji_path) {
-    if (s->kind != SK_VADER) return;
-    size_t n = vader_load_emoji(s->vader, emoji_path);
-    char *d = xasprintf("%s emoji=%s", s->desc, emoji_path);
-    free(s->desc);
-    s->desc = d;
-    (void)n;
+    if (s->ops != &VADER_OPS) return;
+    VaderState *v = s->impl;
+    vader_load_emoji(v->vader, emoji_path);
+    free(v->emoji);
+    v->emoji = xstrdup(emoji_path);
+    vader_describe(s);
 }
 
 static int is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
-static double vader_one(Scorer *s, const ScoreRequest *r, ScoreComponents *comp) {
+static double vader_one(VaderState *s, const ScoreRequest *r, ScoreComponents *comp) {
     VaderScores v;
     if (s->field == SCORE_RESPONSE || r->prompt_len == 0) {
         vader_score(s->vader, r->response, r->response_len, &v);
@@ -148,6 +183,20 @@ static double vader_one(Scorer *s, const ScoreRequest *r, ScoreComponents *comp)
     return v.compound;
 }
 
+static void vader_batch(void *impl, const ScoreRequest *req, int n, double *reward, ScoreComponents *comp) {
+    for (int i = 0; i < n; i++) reward[i] = vader_one(impl, &req[i], comp ? &comp[i] : NULL);
+}
+
+static void vader_state_free(void *impl) {
+    VaderState *v = impl;
+    vader_free(v->vader);
+    free(v->lexicon);
+    free(v->emoji);
+    free(v);
+}
+
+static const ScorerOps VADER_OPS = {"vader", vader_batch, NULL, vader_state_free};
+
 // ---- exec: process handling ---------------------------------------------------------------
 
 // Move a pipe end above the standard descriptors, so the dup2 onto 0/1 in the child is clean
@@ -161,12 +210,10 @@ static int fd_above_2(int fd) {
 }
 
 Scorer *scorer_exec(const char *cmd) {
-    Scorer *s = xcalloc(1, sizeof *s);
-    s->kind = SK_EXEC;
+    Exec *s = xcalloc(1, sizeof *s);
     s->cmd = xstrdup(cmd);
     s->timeout = SCORER_DEFAULT_TIMEOUT;
     s->batch = SCORER_DEFAULT_BATCH;
-    s->desc = xasprintf("exec cmd=%s", cmd);
 
     int to[2], from[2];
     if (pipe2(to, O_CLOEXEC) || pipe2(from, O_CLOEXEC))
@@ -198,21 +245,28 @@ Scorer *scorer_exec(const char *cmd) {
     s->from_fd = from[0];
     fcntl(s->to_fd, F_SETFL, fcntl(s->to_fd, F_GETFL) | O_NONBLOCK);
     fcntl(s->from_fd, F_SETFL, fcntl(s->from_fd, F_GETFL) | O_NONBLOCK);
-    return s;
+    char *desc = xasprintf("exec cmd=%s", cmd);
+    Scorer *sc = scorer_new(&EXEC_OPS, s, desc);
+    free(desc);
+    return sc;
 }
 
-void scorer_set_timeout(Scorer *s, double seconds) {
+void scorer_set_timeout(Scorer *sc, double seconds) {
+    if (sc->ops != &EXEC_OPS) return;
+    Exec *s = sc->impl;
     if (!(seconds > 0)) die(EXIT_USAGE, "scorer timeout must be > 0, got %g", seconds);
     s->timeout = seconds;
 }
 
-void scorer_set_batch(Scorer *s, int k) {
+void scorer_set_batch(Scorer *sc, int k) {
+    if (sc->ops != &EXEC_OPS) return;
+    Exec *s = sc->impl;
     if (k < 1) die(EXIT_USAGE, "scorer batch must be >= 1, got %d", k);
     s->batch = k;
 }
 
 // Wait up to `seconds` for the command to exit; 1 when reaped (s->status set).
-static int reap(Scorer *s, double seconds) {
+static int reap(Exec *s, double seconds) {
     if (!s->pid) return 1;
     double t_end = now_seconds() + seconds;
     for (;;) {
@@ -223,7 +277,7 @@ static int reap(Scorer *s, double seconds) {
     }
 }
 
-static void kill_and_reap(Scorer *s) {
+static void kill_and_reap(Exec *s) {
     if (!s->pid) return;
     if (reap(s, 0)) return;
     kill(s->pid, SIGKILL);
@@ -244,8 +298,8 @@ static const char *exit_words(int status, char *buf, size_t n) {
 }
 
 // The command is gone (EOF on its output, or EPIPE on its input) before answering `id`.
-static void exec_dead(Scorer *s, const char *id) __attribute__((noreturn));
-static void exec_dead(Scorer *s, const char *id) {
+static void exec_dead(Exec *s, const char *id) __attribute__((noreturn));
+static void exec_dead(Exec *s, const char *id) {
     char how[128];
     if (reap(s, 2.0))
         die(EXIT_RUNTIME, "scorer command '%s' %s before answering record '%s'", s->cmd,
@@ -317,7 +371,7 @@ static json_t *json_text(const char *s, size_t n) {
 }
 
 // Append one request line to s->out at *len.
-static void encode_request(Scorer *s, const ScoreRequest *r, size_t *len) {
+static void encode_request(Exec *s, const ScoreRequest *r, size_t *len) {
     json_t *o = json_object();
     json_object_set_new(o, "id", json_text(r->id, strlen(r->id)));
     json_object_set_new(o, "prompt", json_text(r->prompt ? r->prompt : "", r->prompt ? r->prompt_len : 0));
@@ -383,9 +437,9 @@ static int json_num(const json_t *v, double *x) {
     return 0;
 }
 
-static void exec_garbage(Scorer *s, const char *id, const char *why, const char *line, size_t n)
+static void exec_garbage(Exec *s, const char *id, const char *why, const char *line, size_t n)
     __attribute__((noreturn));
-static void exec_garbage(Scorer *s, const char *id, const char *why, const char *line, size_t n) {
+static void exec_garbage(Exec *s, const char *id, const char *why, const char *line, size_t n) {
     kill_and_reap(s);
     die(EXIT_BADINPUT, "scorer command '%s' answered record '%s' with garbage (%s): '%.*s'%s\n"
         "  hint: answer each request with one line: a number, or {\"reward\": x, ...}",
@@ -393,7 +447,7 @@ static void exec_garbage(Scorer *s, const char *id, const char *why, const char 
 }
 
 // Parse one answer line (without its '\n').
-static double parse_answer(Scorer *s, const char *id, const char *line, size_t n, ScoreComponents *comp) {
+static double parse_answer(Exec *s, const char *id, const char *line, size_t n, ScoreComponents *comp) {
     while (n && is_space(line[n - 1])) n--;  // tolerate "\r\n" and trailing blanks
     char *fixed = py_json_tokens(line, n);
     json_error_t err;
@@ -430,7 +484,7 @@ static double parse_answer(Scorer *s, const char *id, const char *line, size_t n
 
 // Write the k requests while reading answers as they come: the command may answer before it
 // has read everything, and both pipes have bounded buffers, so neither side may block.
-static void exec_chunk(Scorer *s, const ScoreRequest *req, int k, double *reward, ScoreComponents *comp) {
+static void exec_chunk(Exec *s, const ScoreRequest *req, int k, double *reward, ScoreComponents *comp) {
     size_t out_len = 0, off = 0;
     for (int i = 0; i < k; i++) encode_request(s, &req[i], &out_len);
     int answered = 0;
@@ -484,44 +538,32 @@ static void exec_chunk(Scorer *s, const ScoreRequest *req, int k, double *reward
     }
 }
 
-void scorer_score_batch(Scorer *s, const ScoreRequest *req, int n, double *reward, ScoreComponents *comp) {
-    if (s->kind == SK_VADER) {
-        for (int i = 0; i < n; i++) reward[i] = vader_one(s, &req[i], comp ? &comp[i] : NULL);
-        return;
-    }
+static void exec_batch(void *impl, const ScoreRequest *req, int n, double *reward, ScoreComponents *comp) {
+    Exec *s = impl;
     for (int b = 0; b < n; b += s->batch) {
         int k = n - b < s->batch ? n - b : s->batch;
         exec_chunk(s, req + b, k, reward + b, comp ? comp + b : NULL);
     }
 }
 
-double scorer_score(Scorer *s, const char *id, const char *prompt, const char *response,
-                    ScoreComponents *out) {
-    ScoreRequest r = {id, prompt, prompt ? strlen(prompt) : 0, response, response ? strlen(response) : 0};
-    double reward;
-    scorer_score_batch(s, &r, 1, &reward, out);
-    return reward;
-}
+static int exec_batch_size(const void *impl) { return ((const Exec *)impl)->batch; }
 
-void scorer_free(Scorer *s) {
-    if (!s) return;
-    if (s->kind == SK_EXEC) {
-        close(s->to_fd);  // EOF on its stdin: a well-behaved scorer exits now
-        if (!reap(s, s->timeout < 10 ? s->timeout : 10)) {
-            warn("scorer command '%s' did not exit after its input closed; killed it", s->cmd);
-            kill_and_reap(s);
-        } else if (!(WIFEXITED(s->status) && WEXITSTATUS(s->status) == 0)) {
-            char how[128];
-            warn("scorer command '%s' %s after answering", s->cmd, exit_words(s->status, how, sizeof how));
-        }
-        if (s->in_len) warn("scorer command '%s' sent %zu bytes more than its answers", s->cmd, s->in_len);
-        close(s->from_fd);
+static void exec_free(void *impl) {
+    Exec *s = impl;
+    close(s->to_fd);  // EOF on its stdin: a well-behaved scorer exits now
+    if (!reap(s, s->timeout < 10 ? s->timeout : 10)) {
+        warn("scorer command '%s' did not exit after its input closed; killed it", s->cmd);
+        kill_and_reap(s);
+    } else if (!(WIFEXITED(s->status) && WEXITSTATUS(s->status) == 0)) {
+        char how[128];
+        warn("scorer command '%s' %s after answering", s->cmd, exit_words(s->status, how, sizeof how));
     }
-    vader_free(s->vader);
-    free(s->lexicon);
+    if (s->in_len) warn("scorer command '%s' sent %zu bytes more than its answers", s->cmd, s->in_len);
+    close(s->from_fd);
     free(s->cmd);
     free(s->in);
     free(s->out);
-    free(s->desc);
     free(s);
 }
+
+static const ScorerOps EXEC_OPS = {"exec", exec_batch, exec_batch_size, exec_free};

@@ -57,12 +57,24 @@ typedef enum { SCORE_RESPONSE, SCORE_PROMPT_RESPONSE } ScoreField;
 #define SCORER_DEFAULT_TIMEOUT 60.0
 #define SCORER_DEFAULT_BATCH 16
 
+// A scorer is a table of operations over private state, so new kinds (the reward model)
+// live in their own files: fill a ScorerOps and call scorer_new().
+typedef struct {
+    const char *kind;  // "vader", "exec", ...
+    // Score n requests (see scorer_score_batch); die on failure with the exit-code contract.
+    void (*score_batch)(void *impl, const ScoreRequest *req, int n, double *reward,
+                        ScoreComponents *comp);
+    int (*batch)(const void *impl);  // requests worth gathering per call; NULL: 64
+    void (*free)(void *impl);        // release impl (and any process or device state)
+} ScorerOps;
+Scorer *scorer_new(const ScorerOps *ops, void *impl, const char *desc);
+
 Scorer *scorer_vader(const char *lexicon_path);   // dies (2) on a bad lexicon
 Scorer *scorer_exec(const char *cmd);             // starts the coprocess now
-void scorer_set_field(Scorer *s, ScoreField f);  // VADER only; exec always gets both texts
-void scorer_vader_emoji(Scorer *s, const char *emoji_path);  // VADER only: vader_load_emoji
-void scorer_set_timeout(Scorer *s, double seconds);  // exec only: per answer, > 0
-void scorer_set_batch(Scorer *s, int k);             // exec only: requests in flight, >= 1
+void scorer_set_field(Scorer *s, ScoreField f);  // VADER only (others: no-op); exec gets both
+void scorer_vader_emoji(Scorer *s, const char *emoji_path);  // VADER only: vader_load_emoji()
+void scorer_set_timeout(Scorer *s, double seconds);  // exec only (others: no-op): per answer, > 0
+void scorer_set_batch(Scorer *s, int k);             // exec only (others: no-op): in flight, >= 1
 int scorer_batch(const Scorer *s);                   // how many requests to gather per call
 // "vader lexicon=PATH entries=N field=response" / "exec cmd=CMD": for headers and logs.
 const char *scorer_describe(const Scorer *s);
@@ -75,8 +87,8 @@ void scorer_score_batch(Scorer *s, const ScoreRequest *req, int n, double *rewar
 // One request with NUL-terminated texts.
 double scorer_score(Scorer *s, const char *id, const char *prompt, const char *response,
                     ScoreComponents *out);
-// Closes the coprocess's stdin and waits for it (up to the timeout, then kills it);
-// a non-zero exit status after all answers only warns.
+// exec: closes the coprocess's stdin and waits for it (up to the timeout, at most 10 s, then
+// kills it); a non-zero exit status after all answers only warns.
 void scorer_free(Scorer *s);
 
 #endif

@@ -104,4 +104,6 @@ import json
 for i in range(24): print(json.dumps({'id': 'b%d' % i, 'prompt': 'p', 'response': 'word ' * 20000 + 'x' * i, 'finish': 'eos'}))
 " | safe-cat --to-shard -o "$TMP/big.safe"
 safe-score --quiet --exec "$SCORER --pad 200000" --exec-batch 16 "$TMP/big.safe" >"$TMP/big_out.safe"
+expect_status exec_dies_while_writing 3 safe-score --exec 'head -c 10 >/dev/null; exit 5' "$TMP/big.safe"
+check exec_dies_while_writing_message grep -q "exited with status 5 before answering record 'b0'" "$TMP/err"
 check exec_big_no_deadlock jqs "$TMP/big_out.safe" 'length == 24 and .[0].reward == 20000 and .[23].reward == 20001'

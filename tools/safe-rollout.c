@@ -284,6 +284,7 @@ static void write_records(const Options *o, const Tokenizer *tok, const Prompts 
     fields_i64(h, "max_new_tokens", o->max_new_tokens);
     fields_i64(h, "samples_per_prompt", o->samples);
     fields_i64(h, "eos_id", tok->eos_id);
+    if (o->top_k > 0 || o->top_p < 1) shard_declare(w, "kept_mass", "f32");
     shard_write_header(w, NULL, h);
     Fields *f = fields_new();
     for (int i = 0; i < n; i++) {

@@ -185,8 +185,8 @@ static void pending_fill(Pending *p, const Record *r, const Options *o) {
     p->id = record_id(r);
     p->response = copy_text(r, "response", 1, &p->response_len);
     int need_prompt = o->exec || o->field == SCORE_PROMPT_RESPONSE;
-    p->prompt = copy_text(r, "prompt", 0, &p->prompt_len);
-    if (!need_prompt) p->prompt_len = 0;
+    if (need_prompt) p->prompt = copy_text(r, "prompt", 0, &p->prompt_len);
+    else p->prompt = xstrdup(""), p->prompt_len = 0;
     if (o->has_eos) {
         size_t n;
         const char *f = rec_str(r, "finish", &n);

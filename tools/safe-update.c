@@ -190,6 +190,7 @@ typedef struct {
     double reward_mean, reward_std, reward_norm_mean;
     double h_roll;          // mean over sequences of the per-sequence mean entropy
     double kl_roll;         // the same aggregation of logp_old - ref_logp (k1)
+    double kl_seq;          // mean over sequences of the summed k1 (Ziegler's KL, for PPO's beta)
     double length_mean, eos_rate;
 } RolloutStats;
 
@@ -230,6 +231,9 @@ static RolloutStats rollout_stats(const RecStore *s, const SeqBatch *sb, const f
     float *diff = xmalloc((sb->n_resp ? sb->n_resp : 1) * sizeof(float));
     for (size_t i = 0; i < sb->n_resp; i++) diff[i] = logp_old[i] - ref_logp[i];
     st.kl_roll = seq_mean(sb, diff);
+    double total = 0;
+    for (size_t i = 0; i < sb->n_resp; i++) total += diff[i];
+    st.kl_seq = total / B;
     free(diff);
     free(reward);
     free(eos);
@@ -356,13 +360,14 @@ static void write_stats(const Options *o, const RecStore *s, const Control *c, c
     shard_write_header(w, s->header.map, h);
     Fields *f = fields_new();
     double u = us->updates ? us->updates : 1;
-    fields_i64(f, "iteration", (int64_t)recstore_header_f64(s, "iteration", c->iteration + 1));
+    fields_i64(f, "iteration", (int64_t)recstore_header_f64(s, "iteration", c->iteration > 0 ? c->iteration : 0));
     fields_str(f, "algo", o->algo);
     fields_i64(f, "samples", (int64_t)s->n);
     fields_f64(f, "reward_mean", rs->reward_mean);
     fields_f64(f, "reward_std", rs->reward_std);
     fields_f64(f, "reward_norm_mean", rs->reward_norm_mean);
     fields_f64(f, "kl", rs->kl_roll);
+    fields_f64(f, "kl_seq", rs->kl_seq);
     fields_f64(f, "kappa", us->kappa);
     fields_f64(f, "k_short", us->k_short);
     fields_f64(f, "k_long", us->k_long);
@@ -419,7 +424,7 @@ int main(int argc, char **argv) {
         die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);
     if (o.temperature == 0) o.temperature = (float)recstore_header_f64(s, "temperature", 1.0);
     if (!(o.temperature > 0)) die(EXIT_BADINPUT, "%s: header field 'temperature' must be > 0", s->path);
-    long iteration = (long)recstore_header_f64(s, "iteration", ctl.iteration + 1);
+    long iteration = (long)recstore_header_f64(s, "iteration", ctl.iteration > 0 ? ctl.iteration : 0);
 
     Model *m = model_load(o.policy);
     AdamWConfig ac = {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.adam_eps,

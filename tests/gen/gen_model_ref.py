@@ -20,7 +20,9 @@ scattered into the padded (B, T) layout that the C test feeds its batched forwar
 Quantities (all float64, stored as float32):
   logits (B,T,V), logp (B,T) of targets at temperature TEMP, entropy (B,T), the objective
   J = sum_valid [w*logp + C_ENT*entropy + u.hidden], gradients of loss = -J for every parameter,
-  and the weights after 3 AdamW steps (lr 1e-3, wd 0.01, clip_grad_norm_ 1.0) on that loss.
+  and the weights after 3 AdamW steps (lr 1e-3, wd 0.01, clip_grad_norm_ 1.0) on that loss
+  (the untied tiny case also stores each step's pre-clip gradients, so the C test can replay the
+  optimiser on identical gradients), and PyTorch's own fp32 errors against this reference.
 
 File format (little-endian): b"SAFEFIX1", then records until EOF:
   u32 name length, name bytes, u32 dtype (0 = float32, 1 = int32), u64 count, count values.
@@ -37,7 +39,7 @@ torch.set_default_dtype(torch.float64)
 TEMP = 0.7
 C_ENT = 0.05
 LR, WD, CLIP, STEPS = 1e-3, 0.01, 1.0, 3
-ADAM_STRIDE_STORIES = 4  # the stories260K weights after AdamW are stored every 4th float
+ADAM_STRIDE_STORIES = 8  # the stories260K weights after AdamW are stored every 8th float (size)
 
 LLAMA2C_ORDER = ["tok_emb", "attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3", "final_norm"]
 
@@ -171,7 +173,35 @@ def make_batch(rng, V, C):
     return dict(tokens=tokens, targets=targets, mask=mask, w=w, u=u)
 
 
-def run_case(path, cfg, P, order, rope, rng, adam_stride):
+def fp32_errors(P, cfg, order, batch, rope, ref_logits, ref_logp, ref_ent, ref_grads):
+    """How far PyTorch's own fp32 lands from the float64 reference, under the C test's metrics
+    (printed by the C test next to its own errors, for context)."""
+    torch.set_default_dtype(torch.float32)
+    try:
+        Q = {k: v.detach().float().clone().requires_grad_(True) for k, v in P.items()}
+        J, logits, logp, ent = objective(Q, cfg, batch, rope)
+        (-J).backward()
+        g = np.concatenate([Q[k].grad.double().numpy().reshape(-1) for k in order])
+    finally:
+        torch.set_default_dtype(torch.float64)
+    m = batch["mask"].astype(bool)
+
+    def rel(a, b, floor):
+        return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), floor)))
+
+    lg, rl = logits.numpy()[m], ref_logits.numpy()[m]
+    errs = [rel(lg, rl, 0.1 * np.abs(rl).max()), rel(logp.numpy()[m], ref_logp.numpy()[m], 1e-2),
+            rel(ent.numpy()[m], ref_ent.numpy()[m], 1e-2)]
+    worst, off = 0.0, 0
+    for k in order:
+        n = P[k].numel()
+        rg = ref_grads[off:off + n]
+        worst = max(worst, rel(g[off:off + n], rg, 0.1 * np.abs(rg).max()))
+        off += n
+    return errs + [worst]
+
+
+def run_case(path, cfg, P, order, rope, rng, adam_stride, store_step_grads):
     """Write one fixture file: inputs, outputs, gradients, weights after AdamW (all in `order`)."""
     batch = make_batch(rng, cfg["vocab"], cfg["dim"])
     params = [P[k] for k in order]
@@ -183,13 +213,15 @@ def run_case(path, cfg, P, order, rope, rng, adam_stride):
     loss = -J
     loss.backward()
     grads = torch.cat([p.grad.reshape(-1) for p in params]).numpy().copy()
+    errs32 = fp32_errors(P, cfg, order, batch, rope, logits, logp, ent, grads)
 
     opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
-    norms = []
+    norms, step_grads = [], []
     for step in range(STEPS):
         opt.zero_grad()
         Js, _, _, _ = objective(P, cfg, batch, rope)
         (-Js).backward()
+        step_grads.append(torch.cat([p.grad.reshape(-1) for p in params]).numpy().copy())
         norms.append(float(torch.nn.utils.clip_grad_norm_(params, CLIP)))
         opt.step()
     after = torch.cat([p.detach().reshape(-1) for p in params]).numpy()
@@ -210,11 +242,14 @@ def run_case(path, cfg, P, order, rope, rng, adam_stride):
     out.f32("entropy", ent.numpy())
     out.f32("J", [float(J)])
     out.f32("grads", grads)
+    out.f32("torch_fp32_err", errs32)
     out.f32("grad_norms", norms)
+    if store_step_grads:  # pre-clip gradients of each step: replays the optimiser exactly
+        out.f32("step_grads", np.concatenate(step_grads))
     out.f32("adamw", after[::adam_stride])
     out.close()
     print(f"{path}: J={float(J):.6f} grad norms {['%.4f' % n for n in norms]} "
-          f"({os.path.getsize(path)} bytes)")
+          f"torch fp32 errors {['%.2e' % e for e in errs32]} ({os.path.getsize(path)} bytes)")
 
 
 def load_llama2c(path):
@@ -253,7 +288,7 @@ def tiny(rng, tied):
         if "norm" in name:
             a = 1.0 + rng.normal(0, 0.1, size=shp)
         else:
-            a = rng.normal(0, 0.3, size=shp)
+            a = rng.normal(0, 0.15, size=shp)
         P[name] = torch.tensor(a.astype(np.float32).astype(np.float64))  # exactly representable in fp32
     return cfg, P, [n for n, _ in shapes]
 
@@ -268,10 +303,11 @@ def main():
 
     cfg, P = load_llama2c(os.path.join(args.data, "stories260K", "stories260K.bin"))
     run_case(os.path.join(args.out, "model_stories260k.bin"), cfg, P, LLAMA2C_ORDER, rope_interleaved, rng,
-             ADAM_STRIDE_STORIES)
+             ADAM_STRIDE_STORIES, False)
     for tied, name in [(True, "tiny_tied"), (False, "tiny_untied")]:
         cfg, P, order = tiny(rng, tied)
-        run_case(os.path.join(args.out, f"model_{name}.bin"), cfg, P, order, rope_half, rng, 1)
+        # replay gradients for one case only (fixture size); untied covers every tensor kind
+        run_case(os.path.join(args.out, f"model_{name}.bin"), cfg, P, order, rope_half, rng, 1, not tied)
 
 
 if __name__ == "__main__":

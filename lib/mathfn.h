@@ -7,15 +7,17 @@
 #include <string.h>
 
 // exp(x) in fp32, written so that `#pragma omp simd` loops vectorise it (glibc's expf has no
-// vector variant without -ffast-math). Cephes expf: Cody-Waite range reduction x = n ln2 + r,
-// degree-6 polynomial, scale by 2^n through the exponent bits. Error about 1 ulp on
-// [-87, 88]; inputs below -87.3 return ~1e-38 instead of a denormal (they only ever weigh a
-// probability, where that is zero in practice), inputs above 88.3 are clamped.
+// vector variant without -ffast-math, and floorf is a library call at -march=x86-64-v2).
+// Cephes expf: Cody-Waite range reduction x = n ln2 + r with n = round(x / ln2) (by the
+// 1.5*2^23 trick, round-to-nearest), degree-6 polynomial, 2^n through the exponent bits.
+// Error about 1 ulp on [-87, 88]; inputs below -87.3 return ~1e-38 instead of a denormal
+// (they only ever weigh a probability, where that is zero in practice), inputs above 88.3 are
+// clamped.
 #pragma omp declare simd
 static inline float exp_approx(float x) {
     x = x < -87.3f ? -87.3f : x;
     x = x > 88.3f ? 88.3f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500E-4f;

@@ -6,7 +6,7 @@
 //      a[k]*b[k] for k = k0+l, k0+l+W, ... with one fused multiply-add per step, in k order;
 //      the last partial vector is zero-filled by masked loads;
 //   2. a fixed pairwise tree over the lanes: (l, l+W/2), then (l, l+W/4), ... down to one;
-//   3. K is cut into chunks of KC = 256; each chunk's sum is added to the output in order.
+//   3. K is cut into chunks of KC = 512; each chunk's sum is added to the output in order.
 // None of this depends on which rows or columns share a register tile, on the tile sizes, or on
 // the thread that runs the tile. Tail tiles reuse the full register tile with duplicated rows
 // (results discarded), and several elements are reduced together by a shuffle network that
@@ -14,7 +14,10 @@
 //
 // Kernel history (this machine: Xeon with AVX-512; Debian OpenBLAS 0.3.21 does not recognise
 // it and runs its SSE3 "Prescott" sgemm at ~22 GFLOP/s per core):
-//   v1 AVX-512 4x4 register tile (16 zmm accumulators, 8 loads per 16 FMAs), KC = 256.
+//   v1 AVX-512 4x4 register tile (16 zmm accumulators, 8 loads per 16 FMAs), KC = 256;
+//      row tails padded by duplicating rows: decoding one row paid for four.
+//   v2 leftover rows (and N = 1 decoding) get a 1x16 tile with the same per-element
+//      arithmetic; KC = 512 halves the horizontal reductions for K in (256, 512].
 #include "matmul.h"
 
 #include "common.h"   // die
@@ -24,7 +27,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#define KC 256                  // k chunk, a multiple of 16
+#define KC 512                  // k chunk, a multiple of 16
 #define MB 64                   // rows per tile
 #define PAR_MIN_MACS (1 << 20)  // below this many multiply-adds one thread does it all
 
@@ -70,9 +73,36 @@ __attribute__((target("avx512f"))) static void tile_avx512(float *out, size_t ld
                                                            int k0, int k1) {
     int kfull = k0 + ((k1 - k0) & ~15);
     __mmask16 tail = (__mmask16)((1u << ((k1 - k0) & 15)) - 1);
-    for (int r = 0; r < nr; r += 4) {
+    int r4 = nr & ~3;
+    // rows left over after the 4-row blocks (and decoding, N = 1): 1 x 16 tiles, the same
+    // per-element arithmetic without computing duplicate rows
+    for (int r = r4; r < nr; r++) {
+        const float *a = A + (size_t)r * lda;
+        for (int c = 0; c < nc; c += 16) {
+            const float *b[16];
+            for (int j = 0; j < 16; j++) b[j] = W + (size_t)min_i(c + j, nc - 1) * ldw;
+            __m512 acc[16];
+            for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+            for (int k = k0; k < kfull; k += 16) {
+                __m512 x = _mm512_loadu_ps(a + k);
+                #pragma GCC unroll 16
+                for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b[j] + k), acc[j]);
+            }
+            if (tail) {
+                __m512 x = _mm512_maskz_loadu_ps(tail, a + kfull);
+                #pragma GCC unroll 16
+                for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(tail, b[j] + kfull), acc[j]);
+            }
+            float lanes[16], s[16];
+            _mm512_storeu_ps(lanes, reduce16(acc));
+            for (int l = 0; l < 16; l++) s[perm16[l]] = lanes[l];
+            int nj = min_i(16, nc - c);
+            for (int j = 0; j < nj; j++) out[(size_t)r * ldo + c + j] += s[j];
+        }
+    }
+    for (int r = 0; r < r4; r += 4) {
         const float *a[4];
-        for (int i = 0; i < 4; i++) a[i] = A + (size_t)min_i(r + i, nr - 1) * lda;  // tails: duplicate
+        for (int i = 0; i < 4; i++) a[i] = A + (size_t)(r + i) * lda;
         for (int c = 0; c < nc; c += 4) {
             const float *b[4];
             for (int j = 0; j < 4; j++) b[j] = W + (size_t)min_i(c + j, nc - 1) * ldw;
@@ -105,8 +135,8 @@ __attribute__((target("avx512f"))) static void tile_avx512(float *out, size_t ld
             float lanes[16], s[16];
             _mm512_storeu_ps(lanes, reduce16(acc));
             for (int l = 0; l < 16; l++) s[perm16[l]] = lanes[l];
-            int ni = min_i(4, nr - r), nj = min_i(4, nc - c);
-            for (int i = 0; i < ni; i++)
+            int nj = min_i(4, nc - c);
+            for (int i = 0; i < 4; i++)
                 for (int j = 0; j < nj; j++) out[(size_t)(r + i) * ldo + c + j] += s[i * 4 + j];
         }
     }
@@ -139,9 +169,33 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(float *out, size_t ldo
     int kfull = k0 + ((k1 - k0) & ~7);
     int nt = (k1 - k0) & 7;
     __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(nt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int r = 0; r < nr; r += 4) {
+    int r4 = nr & ~3;
+    for (int r = r4; r < nr; r++) {  // leftover rows: 1 x 8 tiles, same per-element arithmetic
+        const float *a = A + (size_t)r * lda;
+        for (int c = 0; c < nc; c += 8) {
+            const float *b[8];
+            for (int j = 0; j < 8; j++) b[j] = W + (size_t)min_i(c + j, nc - 1) * ldw;
+            __m256 acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+            for (int k = k0; k < kfull; k += 8) {
+                __m256 x = _mm256_loadu_ps(a + k);
+                #pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b[j] + k), acc[j]);
+            }
+            if (nt) {
+                __m256 x = _mm256_maskload_ps(a + kfull, tail);
+                for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(x, _mm256_maskload_ps(b[j] + kfull, tail), acc[j]);
+            }
+            float lanes[8], s[8];
+            _mm256_storeu_ps(lanes, reduce8(acc));
+            for (int l = 0; l < 8; l++) s[perm8[l]] = lanes[l];
+            int nj = min_i(8, nc - c);
+            for (int j = 0; j < nj; j++) out[(size_t)r * ldo + c + j] += s[j];
+        }
+    }
+    for (int r = 0; r < r4; r += 4) {
         const float *a[4];
-        for (int i = 0; i < 4; i++) a[i] = A + (size_t)min_i(r + i, nr - 1) * lda;
+        for (int i = 0; i < 4; i++) a[i] = A + (size_t)(r + i) * lda;
         for (int c = 0; c < nc; c += 2) {
             const float *b[2];
             for (int j = 0; j < 2; j++) b[j] = W + (size_t)min_i(c + j, nc - 1) * ldw;
@@ -173,8 +227,8 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(float *out, size_t ldo
             float lanes[8], s[8];
             _mm256_storeu_ps(lanes, reduce8(acc));
             for (int l = 0; l < 8; l++) s[perm8[l]] = lanes[l];
-            int ni = min_i(4, nr - r), nj = min_i(2, nc - c);
-            for (int i = 0; i < ni; i++)
+            int nj = min_i(2, nc - c);
+            for (int i = 0; i < 4; i++)
                 for (int j = 0; j < nj; j++) out[(size_t)(r + i) * ldo + c + j] += s[i * 2 + j];
         }
     }

@@ -125,7 +125,8 @@ struct ModelActs {
     float *gate;      // (L, N, F) silu(h1) * h3 (input of w2)
     float *lnf_rstd;  // (N)
     float *hidden;    // (N, C) final-norm output
-    int *pos;         // (N) position ids
+    int *pos;         // (N) position ids = rank among the row's valid positions
+    int *vidx;        // (B,T) each row's valid positions in order (first pos-count entries used)
     size_t pos_cap;
     float *logits;    // (N, V) separate: only when asked for
     size_t logits_cap;
@@ -201,6 +202,7 @@ void model_free(Model *m) {
     if (a) {
         free(a->buf);
         free(a->pos);
+        free(a->vidx);
         free(a->logits);
         free(a->tokens);
         free(a->mask);
@@ -386,59 +388,76 @@ static void rope_backward(float *dx, const int *pos, int N, int nh, int hs, cons
     }
 }
 
+// Reductions below use explicit lanes (8 partial sums, combined in a fixed tree), never a
+// compiler-chosen order: the result is the same however the compiler vectorises, whatever the
+// alignment of the operands, and in every caller (training forward and KV decode alike).
 static inline float dot_f(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    #pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) acc[i & 7] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
 static inline void axpy_f(float *y, float a, const float *x, int n) {
-    #pragma omp simd
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-// One query against keys 0..n_keys-1 (skipping s with valid[s] == 0; valid may be NULL):
-//   out (hs) = sum_s softmax_s(q.k_s * scale) v_s;  returns the log-sum-exp of the scores.
-// k, v point at key/value 0 of this head, `stride` floats apart; att (n_keys) is scratch.
-// The training forward and the KV-cache decode both call this one function (never inlined),
-// so a sequence gets bit-identical attention either way.
+// x (n) <- exp(x - mx); returns the sum (explicit lanes)
+static inline float exp_sum(float *x, int n, float mx) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) {
+            float e = exp_approx(x[i + l] - mx);
+            x[i + l] = e;
+            acc[l] += e;
+        }
+    for (; i < n; i++) {
+        float e = exp_approx(x[i] - mx);
+        x[i] = e;
+        acc[i & 7] += e;
+    }
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+static float *scratch_alloc(size_t n) {  // 64-byte aligned per-thread scratch
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(float))) die(EXIT_RUNTIME, "out of memory (%zu floats)", n);
+    return p;
+}
+
+// One query against n keys: key j sits at k + s*stride with s = idx[j] (or s = j when idx is
+// NULL); v likewise.  out (hs) = sum_j softmax_j(q.k_j * scale) v_j; returns the log-sum-exp
+// of the scores (the backward recomputes probabilities from it). att (n) is scratch.
+// The training forward and the KV-cache decode both call this one function, so a sequence
+// gets bit-identical attention either way.
 __attribute__((noinline)) static float attend_one(float *out, const float *q, const float *k,
-                                                  const float *v, size_t stride, const uint8_t *valid,
-                                                  int n_keys, int hs, float scale, float *att) {
-    float mx = -INFINITY;
-    for (int s = 0; s < n_keys; s++) {
-        if (valid && !valid[s]) continue;
-        float d = dot_f(q, k + s * stride, hs) * scale;
-        att[s] = d;
-        mx = d > mx ? d : mx;
-    }
-    float sum = 0.0f;
-    for (int s = 0; s < n_keys; s++) {
-        if (valid && !valid[s]) continue;
-        float e = exp_approx(att[s] - mx);  // max subtracted for stability
-        att[s] = e;
-        sum += e;
-    }
+                                                  const float *v, size_t stride, const int *idx,
+                                                  int n, int hs, float scale, float *att) {
+    for (int j = 0; j < n; j++) att[j] = dot_f(q, k + (size_t)(idx ? idx[j] : j) * stride, hs) * scale;
+    float mx = att[0];
+    for (int j = 1; j < n; j++) mx = att[j] > mx ? att[j] : mx;
+    float sum = exp_sum(att, n, mx);  // max subtracted for stability
     float inv = 1.0f / sum;
     for (int i = 0; i < hs; i++) out[i] = 0.0f;
-    for (int s = 0; s < n_keys; s++) {
-        if (valid && !valid[s]) continue;
-        axpy_f(out, att[s] * inv, v + s * stride, hs);
-    }
+    for (int j = 0; j < n; j++) axpy_f(out, att[j] * inv, v + (size_t)(idx ? idx[j] : j) * stride, hs);
     return mx + logf(sum);
 }
 
-// q (B,T,H,hs), k/v (B,T,KV,hs), mask (B,T) -> out (B,T,H,hs), lse (B,T,H).
-// Query (b,t) attends to valid keys s <= t of its row; padded queries output zero.
+// q (B,T,H,hs), k/v (B,T,KV,hs) -> out (B,T,H,hs), lse (B,T,H). vidx (B,T): row b's valid
+// positions in order; pos (B,T): a valid position's rank among them. Query (b,t) attends to
+// the valid keys s <= t of its row, i.e. vidx[b][0..pos]; padded queries output zero.
 static void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                              const uint8_t *mask, int B, int T, int H, int KV, int hs) {
+                              const uint8_t *mask, const int *vidx, const int *pos,
+                              int B, int T, int H, int KV, int hs) {
     int qd = H * hs, kvd = KV * hs, group = H / KV;
     float scale = 1.0f / sqrtf((float)hs);
     size_t units = (size_t)B * T * H;
     #pragma omp parallel if (units * hs * T / 2 >= PAR_MIN)
     {
-        float *att = xmalloc((size_t)T * sizeof(float));
+        float *att = scratch_alloc(T);
         #pragma omp for schedule(dynamic, 16)
         for (size_t u = 0; u < units; u++) {
             int h = (int)(u % H), t = (int)(u / H % T), b = (int)(u / H / T);
@@ -451,7 +470,7 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
             }
             size_t kv0 = (size_t)b * T * kvd + (size_t)(h / group) * hs;
             lse[n * H + h] = attend_one(o, q + n * qd + (size_t)h * hs, k + kv0, v + kv0, kvd,
-                                        mask + (size_t)b * T, t + 1, hs, scale, att);
+                                        vidx + (size_t)b * T, pos[n] + 1, hs, scale, att);
         }
         free(att);
     }
@@ -462,44 +481,56 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
 // so no two threads write the same float. Probabilities are recomputed from lse.
 static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                const float *k, const float *v, const float *out, const float *lse,
-                               const uint8_t *mask, int B, int T, int H, int KV, int hs) {
+                               const uint8_t *mask, const int *vidx, const int *pos,
+                               int B, int T, int H, int KV, int hs) {
     int qd = H * hs, kvd = KV * hs, group = H / KV;
     float scale = 1.0f / sqrtf((float)hs);
     int units = B * KV;
-    #pragma omp parallel for schedule(dynamic, 1) if ((size_t)B * T * H * hs * T / 2 >= PAR_MIN)
-    for (int u = 0; u < units; u++) {
-        int b = u / KV, kh = u % KV;
-        const uint8_t *mrow = mask + (size_t)b * T;
-        for (int t = 0; t < T; t++) {
-            size_t n = (size_t)b * T + t;
-            memset(dk + n * kvd + (size_t)kh * hs, 0, hs * sizeof(float));
-            memset(dv + n * kvd + (size_t)kh * hs, 0, hs * sizeof(float));
-            memset(dq + n * qd + (size_t)kh * group * hs, 0, (size_t)group * hs * sizeof(float));
-        }
-        for (int h = kh * group; h < (kh + 1) * group; h++) {
+    #pragma omp parallel if ((size_t)B * T * H * hs * T / 2 >= PAR_MIN)
+    {
+        float *p = scratch_alloc(T), *ds = scratch_alloc(T);
+        #pragma omp for schedule(dynamic, 1)
+        for (int u = 0; u < units; u++) {
+            int b = u / KV, kh = u % KV;
+            const int *vi = vidx + (size_t)b * T;
             for (int t = 0; t < T; t++) {
                 size_t n = (size_t)b * T + t;
-                if (!mrow[t]) continue;
-                const float *qv = q + n * qd + (size_t)h * hs, *dov = dout + n * qd + (size_t)h * hs;
-                float *dqv = dq + n * qd + (size_t)h * hs;
-                float L = lse[n * H + h];
-                // o = sum_s p_s v_s  =>  sum_s p_s dp_s = do . o
-                float D = dot_f(dov, out + n * qd + (size_t)h * hs, hs);
-                for (int s = 0; s <= t; s++) {
-                    if (!mrow[s]) continue;
-                    size_t ks = ((size_t)b * T + s) * kvd + (size_t)kh * hs;
+                memset(dk + n * kvd + (size_t)kh * hs, 0, hs * sizeof(float));
+                memset(dv + n * kvd + (size_t)kh * hs, 0, hs * sizeof(float));
+                memset(dq + n * qd + (size_t)kh * group * hs, 0, (size_t)group * hs * sizeof(float));
+            }
+            const float *kb = k + (size_t)b * T * kvd + (size_t)kh * hs;
+            const float *vb = v + (size_t)b * T * kvd + (size_t)kh * hs;
+            float *dkb = dk + (size_t)b * T * kvd + (size_t)kh * hs;
+            float *dvb = dv + (size_t)b * T * kvd + (size_t)kh * hs;
+            for (int h = kh * group; h < (kh + 1) * group; h++) {
+                for (int t = 0; t < T; t++) {
+                    size_t n = (size_t)b * T + t;
+                    if (!mask[n]) continue;
+                    int nk = pos[n] + 1;  // keys vi[0..nk)
+                    const float *qv = q + n * qd + (size_t)h * hs, *dov = dout + n * qd + (size_t)h * hs;
+                    float *dqv = dq + n * qd + (size_t)h * hs;
+                    float L = lse[n * H + h];
+                    // o = sum_s p_s v_s  =>  sum_s p_s dp_s = do . o
+                    float D = dot_f(dov, out + n * qd + (size_t)h * hs, hs);
                     // p_s = exp(q.k_s * scale - lse)
-                    float p = exp_approx(dot_f(qv, k + ks, hs) * scale - L);
-                    // o = sum_s p_s v_s  =>  dp_s = do . v_s ;  dv_s += p_s do
-                    float dp = dot_f(dov, v + ks, hs);
-                    axpy_f(dv + ks, p, dov, hs);
+                    for (int j = 0; j < nk; j++) p[j] = dot_f(qv, kb + (size_t)vi[j] * kvd, hs) * scale - L;
+                    for (int j = 0; j < nk; j++) p[j] = exp_approx(p[j]);
+                    // o = sum_s p_s v_s  =>  dp_s = do . v_s
+                    for (int j = 0; j < nk; j++) ds[j] = dot_f(dov, vb + (size_t)vi[j] * kvd, hs);
                     // p = softmax(score)  =>  dscore_s = p_s (dp_s - D); score = q.k * scale
-                    float ds = p * (dp - D) * scale;
-                    axpy_f(dqv, ds, k + ks, hs);
-                    axpy_f(dk + ks, ds, qv, hs);
+                    for (int j = 0; j < nk; j++) ds[j] = p[j] * (ds[j] - D) * scale;
+                    for (int j = 0; j < nk; j++) {
+                        size_t s = (size_t)vi[j] * kvd;
+                        axpy_f(dqv, ds[j], kb + s, hs);     // dq += ds_s k_s
+                        axpy_f(dkb + s, ds[j], qv, hs);     // dk_s += ds_s q
+                        axpy_f(dvb + s, p[j], dov, hs);     // dv_s += p_s do
+                    }
                 }
             }
         }
+        free(p);
+        free(ds);
     }
 }
 
@@ -563,9 +594,11 @@ static void acts_prepare(Model *m, int B, int T) {
     }
     if (N > a->pos_cap) {
         free(a->pos);
+        free(a->vidx);
         free(a->tokens);
         free(a->mask);
         a->pos = xmalloc(N * sizeof(int));
+        a->vidx = xmalloc(N * sizeof(int));
         a->tokens = xmalloc(N * sizeof(int32_t));
         a->mask = xmalloc(N);
         a->pos_cap = N;
@@ -591,6 +624,7 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
             uint8_t mk = mask ? (mask[n] != 0) : 1;
             a->mask[n] = mk;
             a->pos[n] = cnt;
+            if (mk) a->vidx[(size_t)b * T + cnt] = t;
             a->tokens[n] = mk ? tokens[n] : 0;
             if (mk && (tokens[n] < 0 || tokens[n] >= V))
                 die(EXIT_BADINPUT, "model_forward: token %d at (%d,%d) is outside the vocabulary (%d)",
@@ -624,7 +658,7 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
         matmul_forward(v, ln1, w->wv + (size_t)l * kvd * C, w->bv ? w->bv + (size_t)l * kvd : NULL, N, C, kvd, 0);
         rope_forward(q, a->pos, N, H, hs, a->rope_cos, a->rope_sin);
         rope_forward(k, a->pos, N, KV, hs, a->rope_cos, a->rope_sin);
-        attention_forward(atty, a->lse + (size_t)l * N * H, q, k, v, a->mask, B, T, H, KV, hs);
+        attention_forward(atty, a->lse + (size_t)l * N * H, q, k, v, a->mask, a->vidx, a->pos, B, T, H, KV, hs);
         memcpy(mid, res, (size_t)N * C * sizeof(float));
         matmul_forward(mid, atty, w->wo + (size_t)l * C * qd, NULL, N, qd, C, 1);  // mid = res + atty wo^T
 
@@ -710,7 +744,8 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
         // mid = res + atty @ wo^T: dres flows on to res unchanged
         matmul_backward(a, datty, g->wo + (size_t)l * C * qd, NULL, dres, transposed(a, atty, N, qd), w->wo + (size_t)l * C * qd, N, qd, C, 0);
         // atty = attention(q, k, v)
-        attention_backward(dq, dk, dv, datty, q, k, v, atty, a->lse + (size_t)l * N * H, a->mask, B, T, H, KV, hs);
+        attention_backward(dq, dk, dv, datty, q, k, v, atty, a->lse + (size_t)l * N * H, a->mask, a->vidx, a->pos,
+                           B, T, H, KV, hs);
         // q, k = rope(q0, k0)
         rope_backward(dq, a->pos, N, H, hs, a->rope_cos, a->rope_sin);
         rope_backward(dk, a->pos, N, KV, hs, a->rope_cos, a->rope_sin);
@@ -842,7 +877,7 @@ static void model_extend(Model *m, KVCache *kv, int n, const int *rows, const in
         size_t units = (size_t)Ntok * H;
         #pragma omp parallel if (units * hs * max_pos / 2 >= PAR_MIN)
         {
-            float *sc = xmalloc((size_t)max_pos * sizeof(float));
+            float *sc = scratch_alloc(max_pos);
             #pragma omp for schedule(dynamic, 4)
             for (size_t u = 0; u < units; u++) {
                 int j = (int)(u / H), h = (int)(u % H);

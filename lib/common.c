@@ -47,6 +47,10 @@ void tmpfile_unregister(const char *path) {
     }
 }
 
+static void (*die_hook)(int code);
+
+void die_set_hook(void (*hook)(int code)) { die_hook = hook; }
+
 void die(int code, const char *fmt, ...) {
     va_list ap;
     fflush(stdout);
@@ -55,6 +59,7 @@ void die(int code, const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+    if (die_hook) die_hook(code);
     exit(code);
 }
 

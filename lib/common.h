@@ -23,6 +23,9 @@ extern const char *safe_progname;
 // Print "progname: message" to stderr and exit with `code`. Registered temporary
 // files are removed on the way out, so no partial output is left behind.
 void die(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+// One hook that die() calls with the exit status just before exit(): the communication
+// layer (comm.c) records it, so its exit handler can stop the other ranks with that status.
+void die_set_hook(void (*hook)(int code));
 // Print "progname: warning: message" to stderr and go on.
 void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -13,6 +13,7 @@
 #include "rng.h"        // rng_stream_key, rng_uniform
 
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,6 +77,10 @@ void generate(Model *m, const GenConfig *cfg, const GenRequest *reqs, int n, Gen
 
     int B = cfg->batch < n ? cfg->batch : n;
     KVCache *kv = kvcache_create(&m->cfg, B, T_max);
+    if (!cfg->quiet)   // the memory plan: the cache dominates for long responses and big batches
+        fprintf(stderr, "%s: generate: %d requests, %d rows of up to %d tokens, KV cache %.1f MiB, logits %.1f MiB\n",
+                safe_progname, n, B, T_max, 2.0 * kv->L * B * T_max * kv->kv_dim * sizeof(float) / 1048576.0,
+                (double)B * V * sizeof(float) / 1048576.0);
     Slot *slot = xcalloc((size_t)B, sizeof(Slot));
     for (int s = 0; s < B; s++) slot[s].req = -1;
     float *lg = xmalloc((size_t)B * V * sizeof(float));           // (B, V) fresh logits rows
@@ -118,7 +123,7 @@ void generate(Model *m, const GenConfig *cfg, const GenRequest *reqs, int n, Gen
         if (nfresh == 0) break;
 
         // sample every fresh row from its own stream: u depends on (request, position) only
-        #pragma omp parallel for schedule(dynamic, 1) if (nfresh > 1)
+        #pragma omp parallel for schedule(dynamic, 1) if ((size_t)nfresh * V >= (1u << 17))
         for (int i = 0; i < nfresh; i++) {
             Slot *sl = &slot[fresh[i]];
             const GenRequest *q = &reqs[sl->req];

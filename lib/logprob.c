@@ -20,23 +20,72 @@
 // runs in a fixed order: results do not depend on the number of threads.
 #define LOGPROB_PAR_MIN 65536   // elements below which a parallel region costs more than it saves
 
+typedef double v8d __attribute__((vector_size(64)));
+
+static inline double lanes_sum_d(v8d a) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+// The row loops run as an AVX2 clone where the CPU has it; lanes are explicit, so the bits
+// are the same either way.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define LP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LP_CLONES
+#endif
+
 // One row: e (V) = exp(a_j - amax) with a = z/T; returns sum e in *sum and sum e*(a-amax) in
-// *sum_ea. amax is returned.
-static float row_exp(const float *z, int V, float invT, float *e, double *sum, double *sum_ea) {
-    float mx = -INFINITY;
-    for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-    double s = 0.0, sa = 0.0;
-    #pragma omp simd reduction(+ : s, sa)
-    for (int j = 0; j < V; j++) {
-        float a = (z[j] - mx) * invT;  // <= 0: max subtracted for stability
+// *sum_ea. amax is returned. Sums run in 8 explicit double lanes (lane l: j % 8 == l) combined
+// in a fixed order, so vectorisation never changes a bit of the result.
+LP_CLONES static float row_exp(const float *z, int V, float invT, float *e, double *sum, double *sum_ea) {
+    int j = 0;
+    float mx = z[0];
+    if (V >= 8) {
+        v8f m8 = v8f_load(z);
+        for (j = 8; j + 8 <= V; j += 8) {
+            v8f x = v8f_load(z + j);
+            m8 = v8f_select(x > m8, x, m8);
+        }
+        for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
+    }
+    for (; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+    v8d s = {0}, sa = {0};
+    v8f mx8 = v8f_set1(mx), invT8 = v8f_set1(invT);
+    for (j = 0; j + 8 <= V; j += 8) {
+        v8f a = (v8f_load(z + j) - mx8) * invT8;  // <= 0: max subtracted for stability
+        v8f ej = exp_approx8(a);
+        v8f_store(e + j, ej);
+        s += __builtin_convertvector(ej, v8d);
+        sa += __builtin_convertvector(ej * a, v8d);
+    }
+    for (; j < V; j++) {
+        float a = (z[j] - mx) * invT;
         float ej = exp_approx(a);
         e[j] = ej;
-        s += ej;
-        sa += (double)ej * a;
+        s[j & 7] += ej;
+        sa[j & 7] += (double)(ej * a);
     }
-    *sum = s;
-    *sum_ea = sa;
+    *sum = lanes_sum_d(s);
+    *sum_ea = lanes_sum_d(sa);
     return mx;
+}
+
+// dz (V) += -gl p_j - gh p_j (log p_j + H), all / T, with p_j = e_j * inv_sum and
+// log p_j = (z_j - amax)/T - lse
+LP_CLONES static void row_backward(float *dz, const float *z, const float *e, int V, float mx, float invT,
+                                   float inv_sum, float lse, float H, float gl, float gh) {
+    int j = 0;
+    for (; j + 8 <= V; j += 8) {
+        v8f p = v8f_load(e + j) * v8f_set1(inv_sum);
+        v8f logp = (v8f_load(z + j) - v8f_set1(mx)) * v8f_set1(invT) - v8f_set1(lse);
+        v8f g = (v8f_set1(-gl) * p - v8f_set1(gh) * p * (logp + v8f_set1(H))) * v8f_set1(invT);
+        v8f_store(dz + j, v8f_load(dz + j) + g);
+    }
+    for (; j < V; j++) {
+        float p = e[j] * inv_sum;
+        float logp = (z[j] - mx) * invT - lse;
+        dz[j] += (-gl * p - gh * p * (logp + H)) * invT;
+    }
 }
 
 static void check_target(int32_t y, int V, size_t i) {
@@ -97,12 +146,7 @@ void logprob_backward(const float *logits, size_t N, int V, float temp, const in
             float H = (float)(lse_d - sum_ea / sum);
             float inv_sum = (float)(1.0 / sum);
             // dz_j += [ -gl p_j  - gh p_j (log p_j + H) ] / T,  log p_j = (a_j - amax) - lse
-            #pragma omp simd
-            for (int j = 0; j < V; j++) {
-                float p = e[j] * inv_sum;
-                float logp_j = (z[j] - mx) * invT - lse;
-                dz[j] += (-gl * p - gh * p * (logp_j + H)) * invT;
-            }
+            row_backward(dz, z, e, V, mx, invT, inv_sum, lse, H, gl, gh);
             // the target's own term: dlogp_y/dz_y gets +1/T
             if (gl != 0.0f) {
                 check_target(targets[i], V, i);

@@ -33,4 +33,37 @@ static inline float exp_approx(float x) {
     return y * scale;
 }
 
+// The same function on 8 lanes (GCC vector extensions: SSE pairs at x86-64-v2, one AVX
+// register where the caller is compiled for AVX2). Every lane performs exactly the scalar
+// exp_approx's operations, so both give the same bits.
+// (All helpers are static inline, so the vector ABI note GCC gives for 32-byte vectors at
+// x86-64-v2 does not apply; silence it.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) v8f v8f_load(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
+static inline __attribute__((always_inline)) void v8f_store(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+static inline __attribute__((always_inline)) v8f v8f_set1(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+static inline __attribute__((always_inline)) v8f v8f_select(v8i m, v8f a, v8f b) {  // m ? a : b, lane by lane (m = 0 or -1)
+    return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
+}
+
+static inline __attribute__((always_inline)) v8f exp_approx8(v8f x) {
+    x = v8f_select(x < v8f_set1(-87.3f), v8f_set1(-87.3f), x);
+    x = v8f_select(x > v8f_set1(88.3f), v8f_set1(88.3f), x);
+    v8f n = (x * v8f_set1(1.44269504088896341f) + v8f_set1(12582912.0f)) - v8f_set1(12582912.0f);
+    v8f r = x - n * v8f_set1(0.693359375f);
+    r = r - n * v8f_set1(-2.12194440e-4f);
+    v8f p = v8f_set1(1.9875691500E-4f);
+    p = p * r + v8f_set1(1.3981999507E-3f);
+    p = p * r + v8f_set1(8.3334519073E-3f);
+    p = p * r + v8f_set1(4.1665795894E-2f);
+    p = p * r + v8f_set1(1.6666665459E-1f);
+    p = p * r + v8f_set1(5.0000001201E-1f);
+    v8f y = p * r * r + r + v8f_set1(1.0f);
+    v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+    return y * (v8f)bits;
+}
+
 #endif

@@ -18,6 +18,9 @@
 //      row tails padded by duplicating rows: decoding one row paid for four.
 //   v2 leftover rows (and N = 1 decoding) get a 1x16 tile with the same per-element
 //      arithmetic; KC = 512 halves the horizontal reductions for K in (256, 512].
+//   v3 accumulators as named registers and the reduction by value: v2's arrays were zeroed
+//      with rep stos and spilled for the reduction, which dominated small-K products
+//      (attention scores with head size 8); the lane permutation is one vpermps.
 #include "matmul.h"
 
 #include "common.h"   // die
@@ -25,6 +28,7 @@
 #include <immintrin.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 
 #define KC 512                  // k chunk, a multiple of 16
@@ -43,30 +47,38 @@ static int min_i(int a, int b) { return a < b ? a : b; }
 
 // lanes of the reduce16 result -> element index (filled once by matmul_init)
 static int perm16[16], perm8[8];
+static int32_t inv_perm16[16];  // element e sits in lane inv_perm16[e]
 
-// v[16] (16 lanes each) -> one vector holding the 16 sums; per element the tree is
-// (l, l+8) -> (l, l+4) -> (l, l+2) -> (l, l+1). Lane order is perm16.
-__attribute__((target("avx512f"))) static inline __m512 reduce16(const __m512 *v) {
-    __m512 w[8], u[4], z[2];
-    for (int p = 0; p < 8; p++) {  // (l, l+8): 256-bit halves
-        __m512 lo = _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0));
-        __m512 hi = _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2));
-        w[p] = _mm512_add_ps(lo, hi);
-    }
-    for (int p = 0; p < 4; p++) {  // (l, l+4): 128-bit quarters
-        __m512 lo = _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0));
-        __m512 hi = _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1));
-        u[p] = _mm512_add_ps(lo, hi);
-    }
-    for (int p = 0; p < 2; p++) {  // (l, l+2) inside each 128-bit lane
-        __m512 lo = _mm512_shuffle_ps(u[2 * p], u[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0));
-        __m512 hi = _mm512_shuffle_ps(u[2 * p], u[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2));
-        z[p] = _mm512_add_ps(lo, hi);
-    }
-    __m512 lo = _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0));  // (l, l+1)
-    __m512 hi = _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1));
-    return _mm512_add_ps(lo, hi);
+// v0..v15 (16 lanes each) -> one vector holding the 16 sums; per element the tree is
+// (l, l+8) -> (l, l+4) -> (l, l+2) -> (l, l+1). Lane order is perm16. Arguments by value and
+// always inlined, so the accumulators never leave registers.
+#define R16_STEP1(a, b) _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)), \
+                                      _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)))
+#define R16_STEP2(a, b) _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)), \
+                                      _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)))
+#define R16_STEP3(a, b) _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), \
+                                      _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)))
+#define R16_STEP4(a, b) _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), \
+                                      _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)))
+
+__attribute__((target("avx512f"), always_inline)) static inline __m512
+reduce16(__m512 v0, __m512 v1, __m512 v2, __m512 v3, __m512 v4, __m512 v5, __m512 v6, __m512 v7,
+         __m512 v8, __m512 v9, __m512 v10, __m512 v11, __m512 v12, __m512 v13, __m512 v14, __m512 v15) {
+    __m512 w0 = R16_STEP1(v0, v1), w1 = R16_STEP1(v2, v3), w2 = R16_STEP1(v4, v5), w3 = R16_STEP1(v6, v7);
+    __m512 w4 = R16_STEP1(v8, v9), w5 = R16_STEP1(v10, v11), w6 = R16_STEP1(v12, v13), w7 = R16_STEP1(v14, v15);
+    __m512 u0 = R16_STEP2(w0, w1), u1 = R16_STEP2(w2, w3), u2 = R16_STEP2(w4, w5), u3 = R16_STEP2(w6, w7);
+    __m512 z0 = R16_STEP3(u0, u1), z1 = R16_STEP3(u2, u3);
+    return R16_STEP4(z0, z1);
 }
+
+// scatter the 16 sums of a reduce16 result: s[perm16[l]] = lanes[l]
+__attribute__((target("avx512f"), always_inline)) static inline void unperm16(float *s, __m512 r) {
+    _mm512_storeu_ps(s, _mm512_permutexvar_ps(_mm512_loadu_si512(inv_perm16), r));
+}
+
+#define FMA4(x, y, c0, c1, c2, c3) \
+    c0 = _mm512_fmadd_ps(x##0, y, c0); c1 = _mm512_fmadd_ps(x##1, y, c1); \
+    c2 = _mm512_fmadd_ps(x##2, y, c2); c3 = _mm512_fmadd_ps(x##3, y, c3);
 
 __attribute__((target("avx512f"))) static void tile_avx512(float *out, size_t ldo, const float *A, size_t lda,
                                                            const float *W, size_t ldw, int nr, int nc,
@@ -81,65 +93,62 @@ __attribute__((target("avx512f"))) static void tile_avx512(float *out, size_t ld
         for (int c = 0; c < nc; c += 16) {
             const float *b[16];
             for (int j = 0; j < 16; j++) b[j] = W + (size_t)min_i(c + j, nc - 1) * ldw;
-            __m512 acc[16];
-            for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
-            for (int k = k0; k < kfull; k += 16) {
-                __m512 x = _mm512_loadu_ps(a + k);
-                #pragma GCC unroll 16
-                for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b[j] + k), acc[j]);
-            }
-            if (tail) {
-                __m512 x = _mm512_maskz_loadu_ps(tail, a + kfull);
-                #pragma GCC unroll 16
-                for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(tail, b[j] + kfull), acc[j]);
-            }
-            float lanes[16], s[16];
-            _mm512_storeu_ps(lanes, reduce16(acc));
-            for (int l = 0; l < 16; l++) s[perm16[l]] = lanes[l];
+            __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+            __m512 c8 = c0, c9 = c0, c10 = c0, c11 = c0, c12 = c0, c13 = c0, c14 = c0, c15 = c0;
+#define ROW16(LOAD, k)                                                                                   \
+    {                                                                                                    \
+        __m512 x = LOAD(a + k);                                                                          \
+        c0 = _mm512_fmadd_ps(x, LOAD(b[0] + k), c0); c1 = _mm512_fmadd_ps(x, LOAD(b[1] + k), c1);        \
+        c2 = _mm512_fmadd_ps(x, LOAD(b[2] + k), c2); c3 = _mm512_fmadd_ps(x, LOAD(b[3] + k), c3);        \
+        c4 = _mm512_fmadd_ps(x, LOAD(b[4] + k), c4); c5 = _mm512_fmadd_ps(x, LOAD(b[5] + k), c5);        \
+        c6 = _mm512_fmadd_ps(x, LOAD(b[6] + k), c6); c7 = _mm512_fmadd_ps(x, LOAD(b[7] + k), c7);        \
+        c8 = _mm512_fmadd_ps(x, LOAD(b[8] + k), c8); c9 = _mm512_fmadd_ps(x, LOAD(b[9] + k), c9);        \
+        c10 = _mm512_fmadd_ps(x, LOAD(b[10] + k), c10); c11 = _mm512_fmadd_ps(x, LOAD(b[11] + k), c11);  \
+        c12 = _mm512_fmadd_ps(x, LOAD(b[12] + k), c12); c13 = _mm512_fmadd_ps(x, LOAD(b[13] + k), c13);  \
+        c14 = _mm512_fmadd_ps(x, LOAD(b[14] + k), c14); c15 = _mm512_fmadd_ps(x, LOAD(b[15] + k), c15);  \
+    }
+#define LOADU(p) _mm512_loadu_ps(p)
+#define LOADM(p) _mm512_maskz_loadu_ps(tail, p)
+            for (int k = k0; k < kfull; k += 16) ROW16(LOADU, k)
+            if (tail) ROW16(LOADM, kfull)  // the same fused multiply-adds on zero-filled vectors
+            float s[16];
+            unperm16(s, reduce16(c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15));
             int nj = min_i(16, nc - c);
             for (int j = 0; j < nj; j++) out[(size_t)r * ldo + c + j] += s[j];
         }
     }
     for (int r = 0; r < r4; r += 4) {
-        const float *a[4];
-        for (int i = 0; i < 4; i++) a[i] = A + (size_t)(r + i) * lda;
+        const float *a0 = A + (size_t)r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
         for (int c = 0; c < nc; c += 4) {
-            const float *b[4];
-            for (int j = 0; j < 4; j++) b[j] = W + (size_t)min_i(c + j, nc - 1) * ldw;
-            __m512 acc[16];
-            for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-            for (int k = k0; k < kfull; k += 16) {
-                __m512 x0 = _mm512_loadu_ps(a[0] + k), x1 = _mm512_loadu_ps(a[1] + k);
-                __m512 x2 = _mm512_loadu_ps(a[2] + k), x3 = _mm512_loadu_ps(a[3] + k);
-                #pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    __m512 y = _mm512_loadu_ps(b[j] + k);
-                    acc[0 * 4 + j] = _mm512_fmadd_ps(x0, y, acc[0 * 4 + j]);
-                    acc[1 * 4 + j] = _mm512_fmadd_ps(x1, y, acc[1 * 4 + j]);
-                    acc[2 * 4 + j] = _mm512_fmadd_ps(x2, y, acc[2 * 4 + j]);
-                    acc[3 * 4 + j] = _mm512_fmadd_ps(x3, y, acc[3 * 4 + j]);
-                }
-            }
-            if (tail) {  // the same fused multiply-adds on zero-filled vectors
-                __m512 x0 = _mm512_maskz_loadu_ps(tail, a[0] + kfull), x1 = _mm512_maskz_loadu_ps(tail, a[1] + kfull);
-                __m512 x2 = _mm512_maskz_loadu_ps(tail, a[2] + kfull), x3 = _mm512_maskz_loadu_ps(tail, a[3] + kfull);
-                #pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    __m512 y = _mm512_maskz_loadu_ps(tail, b[j] + kfull);
-                    acc[0 * 4 + j] = _mm512_fmadd_ps(x0, y, acc[0 * 4 + j]);
-                    acc[1 * 4 + j] = _mm512_fmadd_ps(x1, y, acc[1 * 4 + j]);
-                    acc[2 * 4 + j] = _mm512_fmadd_ps(x2, y, acc[2 * 4 + j]);
-                    acc[3 * 4 + j] = _mm512_fmadd_ps(x3, y, acc[3 * 4 + j]);
-                }
-            }
-            float lanes[16], s[16];
-            _mm512_storeu_ps(lanes, reduce16(acc));
-            for (int l = 0; l < 16; l++) s[perm16[l]] = lanes[l];
+            const float *b0 = W + (size_t)min_i(c, nc - 1) * ldw, *b1 = W + (size_t)min_i(c + 1, nc - 1) * ldw;
+            const float *b2 = W + (size_t)min_i(c + 2, nc - 1) * ldw, *b3 = W + (size_t)min_i(c + 3, nc - 1) * ldw;
+            __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+            __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+#define TILE44(LOAD, k)                                                                              \
+    {                                                                                                \
+        __m512 x0 = LOAD(a0 + k), x1 = LOAD(a1 + k), x2 = LOAD(a2 + k), x3 = LOAD(a3 + k);           \
+        __m512 y = LOAD(b0 + k);                                                                     \
+        FMA4(x, y, c00, c10, c20, c30)                                                               \
+        y = LOAD(b1 + k);                                                                            \
+        FMA4(x, y, c01, c11, c21, c31)                                                               \
+        y = LOAD(b2 + k);                                                                            \
+        FMA4(x, y, c02, c12, c22, c32)                                                               \
+        y = LOAD(b3 + k);                                                                            \
+        FMA4(x, y, c03, c13, c23, c33)                                                               \
+    }
+            for (int k = k0; k < kfull; k += 16) TILE44(LOADU, k)
+            if (tail) TILE44(LOADM, kfull)
+            float s[16];
+            unperm16(s, reduce16(c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33));
             int nj = min_i(4, nc - c);
             for (int i = 0; i < 4; i++)
                 for (int j = 0; j < nj; j++) out[(size_t)(r + i) * ldo + c + j] += s[i * 4 + j];
         }
     }
+#undef ROW16
+#undef TILE44
+#undef LOADU
+#undef LOADM
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,11 +270,13 @@ static const char *isa_name;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 __attribute__((target("avx512f"))) static void init_perm16(void) {
-    __m512 v[16];
     float lanes[16];
+    __m512 v[16];
     for (int j = 0; j < 16; j++) v[j] = _mm512_set1_ps((float)j);  // every lane of v[j] is j
-    _mm512_storeu_ps(lanes, reduce16(v));                           // lane l = 16 * element
+    _mm512_storeu_ps(lanes, reduce16(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
+                                     v[12], v[13], v[14], v[15]));   // lane l = 16 * element
     for (int l = 0; l < 16; l++) perm16[l] = (int)(lanes[l] / 16.0f);
+    for (int l = 0; l < 16; l++) inv_perm16[perm16[l]] = l;
 }
 
 __attribute__((target("avx2,fma"))) static void init_perm8(void) {
@@ -292,9 +303,47 @@ static void matmul_init(void) {
     }
 }
 
+int matmul_force_isa(const char *name) {
+    pthread_once(&once, matmul_init);
+    __builtin_cpu_init();
+    if (!strcmp(name, "avx512") && __builtin_cpu_supports("avx512f")) {
+        init_perm16();
+        tile = tile_avx512;
+    } else if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        init_perm8();
+        tile = tile_avx2;
+    } else if (!strcmp(name, "generic")) {
+        tile = tile_generic;
+    } else {
+        return -1;
+    }
+    isa_name = !strcmp(name, "avx512") ? "avx512" : !strcmp(name, "avx2") ? "avx2" : "generic";
+    return 0;
+}
+
 const char *matmul_isa(void) {
     pthread_once(&once, matmul_init);
     return isa_name;
+}
+
+// tile t of matmul_nt_ld: rows [r0, r0+MB), columns [c0, c0+NB)
+static void run_tile(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, const float *bias,
+                     int N, int K, int OC, int accumulate, int t, int ct, int NB) {
+    int r0 = (t / ct) * MB, c0 = (t % ct) * NB;
+    int nr = min_i(MB, N - r0), nc = min_i(NB, OC - c0);
+    // initial value: bias, zero, or what is there (plus bias)
+    for (int r = r0; r < r0 + nr; r++) {
+        float *o = out + (size_t)r * ldo + c0;
+        if (!accumulate) {
+            if (bias) memcpy(o, bias + c0, nc * sizeof(float));
+            else memset(o, 0, nc * sizeof(float));
+        } else if (bias) {
+            for (int j = 0; j < nc; j++) o[j] += bias[c0 + j];
+        }
+    }
+    for (int k0 = 0; k0 < K; k0 += KC)
+        tile(out + (size_t)r0 * ldo + c0, ldo, inp + (size_t)r0 * ldi, ldi, w + (size_t)c0 * ldw, ldw, nr, nc, k0,
+             min_i(K, k0 + KC));
 }
 
 void matmul_nt_ld(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, const float *bias,
@@ -306,28 +355,23 @@ void matmul_nt_ld(float *out, int ldo, const float *inp, int ldi, const float *w
     int NB = 64;
     int nthreads = omp_get_max_threads();
     int rt = (N + MB - 1) / MB;
-    while (NB > 16 && (size_t)rt * ((OC + NB - 1) / NB) < 4 * (size_t)nthreads) NB /= 2;
+    int par = (double)N * K * OC >= PAR_MIN_MACS && nthreads > 1;
+    while (par && NB > 16 && (size_t)rt * ((OC + NB - 1) / NB) < 4 * (size_t)nthreads) NB /= 2;
     int ct = (OC + NB - 1) / NB;
     int ntiles = rt * ct;
-    double macs = (double)N * K * OC;
-    #pragma omp parallel for schedule(dynamic, 1) if (macs >= PAR_MIN_MACS && ntiles > 1)
-    for (int t = 0; t < ntiles; t++) {
-        int r0 = (t / ct) * MB, c0 = (t % ct) * NB;
-        int nr = min_i(MB, N - r0), nc = min_i(NB, OC - c0);
-        // initial value: bias, zero, or what is there (plus bias)
-        for (int r = r0; r < r0 + nr; r++) {
-            float *o = out + (size_t)r * ldo + c0;
-            if (!accumulate) {
-                if (bias) memcpy(o, bias + c0, nc * sizeof(float));
-                else memset(o, 0, nc * sizeof(float));
-            } else if (bias) {
-                for (int j = 0; j < nc; j++) o[j] += bias[c0 + j];
-            }
-        }
-        for (int k0 = 0; k0 < K; k0 += KC)
-            tile(out + (size_t)r0 * ldo + c0, ldo, inp + (size_t)r0 * ldi, ldi, w + (size_t)c0 * ldw, ldw, nr,
-                 nc, k0, min_i(K, k0 + KC));
+    if (par && ntiles > 1) {
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int t = 0; t < ntiles; t++) run_tile(out, ldo, inp, ldi, w, ldw, bias, N, K, OC, accumulate, t, ct, NB);
+    } else {  // inline: entering even a one-thread OpenMP region costs ~0.6 us
+        for (int t = 0; t < ntiles; t++) run_tile(out, ldo, inp, ldi, w, ldw, bias, N, K, OC, accumulate, t, ct, NB);
     }
+}
+
+void matmul_nt_serial(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, int N, int K,
+                      int OC) {
+    pthread_once(&once, matmul_init);
+    for (int r = 0; r < N; r++) memset(out + (size_t)r * ldo, 0, OC * sizeof(float));
+    for (int k0 = 0; k0 < K; k0 += KC) tile(out, ldo, inp, ldi, w, ldw, N, OC, k0, min_i(K, k0 + KC));
 }
 
 void matmul_nt(float *out, const float *inp, const float *w, const float *bias, int N, int K, int OC,
@@ -335,15 +379,22 @@ void matmul_nt(float *out, const float *inp, const float *w, const float *bias, 
     matmul_nt_ld(out, OC, inp, K, w, K, bias, N, K, OC, accumulate);
 }
 
+enum { TB = 32 };  // transpose block
+
+static void transpose_block(float *dst, int ldd, const float *src, int lds, int R, int C, int bi, int cb) {
+    int r0 = (bi / cb) * TB, c0 = (bi % cb) * TB;
+    int r1 = min_i(R, r0 + TB), c1 = min_i(C, c0 + TB);
+    for (int r = r0; r < r1; r++)
+        for (int c = c0; c < c1; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+}
+
 void transpose_ld(float *dst, int ldd, const float *src, int lds, int R, int C) {
-    enum { TB = 32 };
     int rb = (R + TB - 1) / TB, cb = (C + TB - 1) / TB;
-    #pragma omp parallel for schedule(static) if ((size_t)R * C >= (1 << 18))
-    for (int bi = 0; bi < rb * cb; bi++) {
-        int r0 = (bi / cb) * TB, c0 = (bi % cb) * TB;
-        int r1 = min_i(R, r0 + TB), c1 = min_i(C, c0 + TB);
-        for (int r = r0; r < r1; r++)
-            for (int c = c0; c < c1; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+    if ((size_t)R * C >= (1 << 18)) {
+        #pragma omp parallel for schedule(static)
+        for (int bi = 0; bi < rb * cb; bi++) transpose_block(dst, ldd, src, lds, R, C, bi, cb);
+    } else {
+        for (int bi = 0; bi < rb * cb; bi++) transpose_block(dst, ldd, src, lds, R, C, bi, cb);
     }
 }
 

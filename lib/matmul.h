@@ -18,11 +18,19 @@ void matmul_nt(float *out, const float *inp, const float *w, const float *bias, 
 void matmul_nt_ld(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, const float *bias,
                   int N, int K, int OC, int accumulate);
 
+// out (N,OC) = inp (N,K) @ w^T on the calling thread only (for use inside parallel loops),
+// with row strides; the same per-element arithmetic as matmul_nt.
+void matmul_nt_serial(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, int N, int K,
+                      int OC);
+
 // dst (C,R) = src (R,C)^T; the _ld form with row strides ldd (of dst) and lds (of src).
 void transpose(float *dst, const float *src, int R, int C);
 void transpose_ld(float *dst, int ldd, const float *src, int lds, int R, int C);
 
 // Name of the kernel in use: "avx512", "avx2" or "generic".
 const char *matmul_isa(void);
+// Tests and benchmarks: use the named kernel from now on (-1 if this CPU lacks it). Not
+// thread-safe; results change with the kernel, so never switch in the middle of a run.
+int matmul_force_isa(const char *name);
 
 #endif

@@ -126,7 +126,9 @@ struct ModelActs {
     float *lnf_rstd;  // (N)
     float *hidden;    // (N, C) final-norm output
     int *pos;         // (N) position ids = rank among the row's valid positions
-    int *vidx;        // (B,T) each row's valid positions in order (first pos-count entries used)
+    int *vidx;        // (B,T) each row's valid positions in order (first nvalid[b] entries used)
+    int *nvalid;      // (B) valid positions per row
+    size_t nvalid_cap;
     size_t pos_cap;
     float *logits;    // (N, V) separate: only when asked for
     size_t logits_cap;
@@ -145,6 +147,9 @@ struct ModelActs {
     // decode scratch (model_prefill/model_decode): one flat buffer
     float *dbuf;
     size_t dcap;
+    const int32_t **dec_seqs;  // (n) model_decode's one-token sequences
+    int *dec_ones;
+    size_t dec_cap;
 
     // RoPE table: cos/sin (n_pos, hs/2) in float, computed in double
     float *rope_cos, *rope_sin;
@@ -203,6 +208,7 @@ void model_free(Model *m) {
         free(a->buf);
         free(a->pos);
         free(a->vidx);
+        free(a->nvalid);
         free(a->logits);
         free(a->tokens);
         free(a->mask);
@@ -210,6 +216,8 @@ void model_free(Model *m) {
         free(a->tbuf);
         free(a->xT);
         free(a->dbuf);
+        free(a->dec_seqs);
+        free(a->dec_ones);
         free(a->rope_cos);
         free(a->rope_sin);
         free(a);
@@ -310,17 +318,28 @@ static float *transposed(ModelActs *a, const float *x, int N, int C) {
     return a->xT;
 }
 
+// Loops that the one-token decoding step also runs are split over threads only when the work
+// is large: entering even a one-thread OpenMP region costs ~0.6 us, and a decoding step runs
+// ~80 such loops.
+
+// one row of rmsnorm_forward
+static inline void rmsnorm_row(float *o, float *rstd, const float *x, const float *w, int C, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+    for (int i = 0; i < C; i++) o[i] = x[i] * r * w[i];
+    if (rstd) *rstd = r;
+}
+
 // out (N,C) = inp * rstd * w with rstd = 1/sqrt(mean(inp^2) + eps); rstd (N) kept (may be NULL)
 static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
-    #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
-        float *o = out + (size_t)n * C;
-        double ss = 0.0;
-        for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
-        float r = (float)(1.0 / sqrt(ss / C + eps));
-        for (int i = 0; i < C; i++) o[i] = x[i] * r * w[i];
-        if (rstd) rstd[n] = r;
+    if ((size_t)N * C >= PAR_MIN) {
+        #pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++)
+            rmsnorm_row(out + (size_t)n * C, rstd ? rstd + n : NULL, inp + (size_t)n * C, w, C, eps);
+    } else {
+        for (int n = 0; n < N; n++)
+            rmsnorm_row(out + (size_t)n * C, rstd ? rstd + n : NULL, inp + (size_t)n * C, w, C, eps);
     }
 }
 
@@ -352,21 +371,28 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
     }
 }
 
+// one token of rope_forward: x (nh, hs) rotated by the angles of one position (c, s: (hs/2))
+static inline void rope_row(float *x, const float *c, const float *s, int nh, int hs) {
+    int half = hs / 2;
+    for (int h = 0; h < nh; h++) {
+        float *xv = x + (size_t)h * hs;
+        for (int i = 0; i < half; i++) {
+            float a = xv[i], b = xv[i + half];
+            xv[i] = a * c[i] - b * s[i];
+            xv[i + half] = b * c[i] + a * s[i];
+        }
+    }
+}
+
 // x (N, nh, hs) rotated in place by position pos[n]: pairs (i, i+hs/2), HF rotate_half:
 //   x_i' = x_i cos - x_{i+h} sin ;  x_{i+h}' = x_{i+h} cos + x_i sin ;  angle = pos * theta^(-2i/hs)
 static void rope_forward(float *x, const int *pos, int N, int nh, int hs, const float *cos_t, const float *sin_t) {
-    int half = hs / 2;
-    #pragma omp parallel for schedule(static) if ((size_t)N * nh * hs >= PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        const float *c = cos_t + (size_t)pos[n] * half, *s = sin_t + (size_t)pos[n] * half;
-        for (int h = 0; h < nh; h++) {
-            float *xv = x + ((size_t)n * nh + h) * hs;
-            for (int i = 0; i < half; i++) {
-                float a = xv[i], b = xv[i + half];
-                xv[i] = a * c[i] - b * s[i];
-                xv[i + half] = b * c[i] + a * s[i];
-            }
-        }
+    size_t half = hs / 2, row = (size_t)nh * hs;
+    if ((size_t)N * nh * hs >= PAR_MIN) {
+        #pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) rope_row(x + n * row, cos_t + pos[n] * half, sin_t + pos[n] * half, nh, hs);
+    } else {
+        for (int n = 0; n < N; n++) rope_row(x + n * row, cos_t + pos[n] * half, sin_t + pos[n] * half, nh, hs);
     }
 }
 
@@ -389,38 +415,58 @@ static void rope_backward(float *dx, const int *pos, int N, int nh, int hs, cons
 }
 
 // Reductions below use explicit lanes (8 partial sums, combined in a fixed tree), never a
-// compiler-chosen order: the result is the same however the compiler vectorises, whatever the
-// alignment of the operands, and in every caller (training forward and KV decode alike).
-static inline float dot_f(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
-    for (; i < n; i++) acc[i & 7] += a[i] * b[i];
+// compiler-chosen order: the result is the same however the code is vectorised (SSE, AVX2
+// clone), whatever the alignment of the operands, and in every caller (training forward and
+// KV decode alike). Lane l of a length-n reduction holds the elements i with i % 8 == l.
+static inline __attribute__((always_inline)) float lanes_sum(v8f acc) {
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
-static inline void axpy_f(float *y, float a, const float *x, int n) {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+static inline __attribute__((always_inline)) float dot_f(const float *a, const float *b, int n) {
+    v8f acc = v8f_set1(0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) acc += v8f_load(a + i) * v8f_load(b + i);
+    for (; i < n; i++) acc[i & 7] += a[i] * b[i];
+    return lanes_sum(acc);
 }
 
-// x (n) <- exp(x - mx); returns the sum (explicit lanes)
-static inline float exp_sum(float *x, int n, float mx) {
-    float acc[8] = {0};
+// y (n) += a * x (n)
+static inline __attribute__((always_inline)) void axpy_f(float *y, float a, const float *x, int n) {
     int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) {
-            float e = exp_approx(x[i + l] - mx);
-            x[i + l] = e;
-            acc[l] += e;
-        }
+    for (; i + 8 <= n; i += 8) v8f_store(y + i, v8f_load(y + i) + v8f_set1(a) * v8f_load(x + i));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+// x (n) <- exp(x - mx); returns the sum
+static inline __attribute__((always_inline)) float exp_sum(float *x, int n, float mx) {
+    v8f acc = v8f_set1(0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f e = exp_approx8(v8f_load(x + i) - v8f_set1(mx));
+        v8f_store(x + i, e);
+        acc += e;
+    }
     for (; i < n; i++) {
         float e = exp_approx(x[i] - mx);
         x[i] = e;
         acc[i & 7] += e;
     }
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    return lanes_sum(acc);
 }
+
+// x (n) <- exp(x)
+static inline __attribute__((always_inline)) void exp_inplace(float *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) v8f_store(x + i, exp_approx8(v8f_load(x + i)));
+    for (; i < n; i++) x[i] = exp_approx(x[i]);
+}
+
+// The attention loops run as an AVX2 clone where the CPU has it (same bits: see above).
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define ATTN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ATTN_CLONES
+#endif
 
 static float *scratch_alloc(size_t n) {  // 64-byte aligned per-thread scratch
     void *p = NULL;
@@ -428,128 +474,229 @@ static float *scratch_alloc(size_t n) {  // 64-byte aligned per-thread scratch
     return p;
 }
 
-// One query against n keys: key j sits at k + s*stride with s = idx[j] (or s = j when idx is
-// NULL); v likewise.  out (hs) = sum_j softmax_j(q.k_j * scale) v_j; returns the log-sum-exp
-// of the scores (the backward recomputes probabilities from it). att (n) is scratch.
-// The training forward and the KV-cache decode both call this one function, so a sequence
-// gets bit-identical attention either way.
-__attribute__((noinline)) static float attend_one(float *out, const float *q, const float *k,
-                                                  const float *v, size_t stride, const int *idx,
-                                                  int n, int hs, float scale, float *att) {
-    for (int j = 0; j < n; j++) att[j] = dot_f(q, k + (size_t)(idx ? idx[j] : j) * stride, hs) * scale;
-    float mx = att[0];
-    for (int j = 1; j < n; j++) mx = att[j] > mx ? att[j] : mx;
+// Attention scores come from the GEMM kernel (matmul_nt_serial: each score is a fixed-order
+// reduction of one query row and one key row, whatever the block it is computed in), and
+// the softmax and the weighted sum of values from softmax_attend below. The training forward
+// and the KV-cache decode both go through exactly these two steps, so a sequence gets
+// bit-identical attention either way.
+
+// att (n): raw scores q.k_j -> probabilities (in place); out (hs) = sum_j p_j v_j with v_j at
+// v + j*stride. Returns the log-sum-exp of the scaled scores (the backward recomputes p).
+ATTN_CLONES __attribute__((noinline)) static float softmax_attend(float *out, float *att, int n, float scale,
+                                                                  const float *v, size_t stride, int hs) {
+    int j = 0;
+    v8f mx8 = v8f_set1(-INFINITY);
+    for (; j + 8 <= n; j += 8) {
+        v8f x = v8f_load(att + j) * v8f_set1(scale);
+        v8f_store(att + j, x);
+        mx8 = v8f_select(x > mx8, x, mx8);
+    }
+    float mx = -INFINITY;
+    for (int l = 0; l < 8; l++) mx = mx8[l] > mx ? mx8[l] : mx;
+    for (; j < n; j++) {
+        att[j] *= scale;
+        mx = att[j] > mx ? att[j] : mx;
+    }
     float sum = exp_sum(att, n, mx);  // max subtracted for stability
     float inv = 1.0f / sum;
-    for (int i = 0; i < hs; i++) out[i] = 0.0f;
-    for (int j = 0; j < n; j++) axpy_f(out, att[j] * inv, v + (size_t)(idx ? idx[j] : j) * stride, hs);
+    // out = sum_j p_j v_j in 4 partial sums (key j goes to j % 4), combined (0+1)+(2+3): short
+    // dependency chains for small head sizes, and still one fixed order
+    if (hs % 8 == 0) {
+        for (int i = 0; i < hs; i += 8) {  // 8 columns at a time, the 4 partial sums in registers
+            v8f a0 = v8f_set1(0.0f), a1 = a0, a2 = a0, a3 = a0;
+            const float *vi = v + i;
+            for (j = 0; j + 4 <= n; j += 4) {
+                a0 += v8f_set1(att[j] * inv) * v8f_load(vi + (size_t)j * stride);
+                a1 += v8f_set1(att[j + 1] * inv) * v8f_load(vi + (size_t)(j + 1) * stride);
+                a2 += v8f_set1(att[j + 2] * inv) * v8f_load(vi + (size_t)(j + 2) * stride);
+                a3 += v8f_set1(att[j + 3] * inv) * v8f_load(vi + (size_t)(j + 3) * stride);
+            }
+            if (j < n) a0 += v8f_set1(att[j] * inv) * v8f_load(vi + (size_t)j * stride);
+            if (j + 1 < n) a1 += v8f_set1(att[j + 1] * inv) * v8f_load(vi + (size_t)(j + 1) * stride);
+            if (j + 2 < n) a2 += v8f_set1(att[j + 2] * inv) * v8f_load(vi + (size_t)(j + 2) * stride);
+            v8f_store(out + i, (a0 + a1) + (a2 + a3));
+        }
+    } else {
+        for (int i = 0; i < hs; i++) out[i] = 0.0f;
+        for (j = 0; j < n; j++) axpy_f(out, att[j] * inv, v + (size_t)j * stride, hs);
+    }
     return mx + logf(sum);
 }
 
+#define ATT_QB 64  // queries per block: the score block is (ATT_QB, keys)
+
+// dst (C,R) = src (R,C)^T on the calling thread (small blocks inside parallel loops)
+static void transpose_serial(float *dst, const float *src, int R, int C) {
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) dst[(size_t)c * R + r] = src[(size_t)r * C + c];
+}
+
+// rows of x at positions idx[0..n) (row stride ld, width hs) -> dst (n, hs) contiguous
+static void gather_rows(float *dst, const float *x, size_t ld, const int *idx, int n, int hs) {
+    for (int j = 0; j < n; j++) memcpy(dst + (size_t)j * hs, x + (size_t)idx[j] * ld, hs * sizeof(float));
+}
+
 // q (B,T,H,hs), k/v (B,T,KV,hs) -> out (B,T,H,hs), lse (B,T,H). vidx (B,T): row b's valid
-// positions in order; pos (B,T): a valid position's rank among them. Query (b,t) attends to
-// the valid keys s <= t of its row, i.e. vidx[b][0..pos]; padded queries output zero.
+// positions in order (nvalid[b] of them); pos (B,T): a valid position's rank among them.
+// Query (b,t) attends to the valid keys s <= t of its row; padded queries output zero.
+// Work units: (b, h, block of ATT_QB valid queries); each gathers its keys/values.
 static void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                              const uint8_t *mask, const int *vidx, const int *pos,
+                              const uint8_t *mask, const int *vidx, const int *nvalid,
                               int B, int T, int H, int KV, int hs) {
     int qd = H * hs, kvd = KV * hs, group = H / KV;
     float scale = 1.0f / sqrtf((float)hs);
-    size_t units = (size_t)B * T * H;
-    #pragma omp parallel if (units * hs * T / 2 >= PAR_MIN)
-    {
-        float *att = scratch_alloc(T);
-        #pragma omp for schedule(dynamic, 16)
-        for (size_t u = 0; u < units; u++) {
-            int h = (int)(u % H), t = (int)(u / H % T), b = (int)(u / H / T);
-            size_t n = (size_t)b * T + t;
-            float *o = out + n * qd + (size_t)h * hs;
-            if (!mask[n]) {  // padding: nothing to attend from; keep it zero
-                for (int i = 0; i < hs; i++) o[i] = 0.0f;
-                lse[n * H + h] = 0.0f;
-                continue;
-            }
-            size_t kv0 = (size_t)b * T * kvd + (size_t)(h / group) * hs;
-            lse[n * H + h] = attend_one(o, q + n * qd + (size_t)h * hs, k + kv0, v + kv0, kvd,
-                                        vidx + (size_t)b * T, pos[n] + 1, hs, scale, att);
+    int nblk = (T + ATT_QB - 1) / ATT_QB;
+    // padded queries: zero output
+    for (size_t n = 0; n < (size_t)B * T; n++)
+        if (!mask[n]) {
+            memset(out + n * qd, 0, qd * sizeof(float));
+            for (int h = 0; h < H; h++) lse[n * H + h] = 0.0f;
         }
-        free(att);
+    size_t units = (size_t)B * H * nblk;
+    #pragma omp parallel if ((size_t)B * T * H * hs * T / 2 >= PAR_MIN)
+    {
+        float *kc = scratch_alloc((size_t)T * hs), *vc = scratch_alloc((size_t)T * hs);
+        float *qc = scratch_alloc((size_t)ATT_QB * hs), *S = scratch_alloc((size_t)ATT_QB * T);
+        #pragma omp for schedule(dynamic, 1)
+        for (size_t u = 0; u < units; u++) {
+            int blk = (int)(u % nblk), h = (int)(u / nblk % H), b = (int)(u / nblk / H);
+            int nv = nvalid[b], r0 = blk * ATT_QB;
+            if (r0 >= nv) continue;
+            int nq = nv - r0 < ATT_QB ? nv - r0 : ATT_QB, nk = r0 + nq;
+            const int *vi = vidx + (size_t)b * T;
+            size_t kv0 = (size_t)b * T * kvd + (size_t)(h / group) * hs, q0 = (size_t)b * T * qd + (size_t)h * hs;
+            gather_rows(kc, k + kv0, kvd, vi, nk, hs);
+            gather_rows(vc, v + kv0, kvd, vi, nk, hs);
+            gather_rows(qc, q + q0, qd, vi + r0, nq, hs);
+            // S (nq, nk) = q k^T
+            matmul_nt_serial(S, nk, qc, hs, kc, hs, nq, hs, nk);
+            for (int i = 0; i < nq; i++) {
+                size_t n = (size_t)b * T + vi[r0 + i];
+                lse[n * H + h] = softmax_attend(out + n * qd + (size_t)h * hs, S + (size_t)i * nk, r0 + i + 1,
+                                                scale, vc, hs, hs);
+            }
+        }
+        free(kc); free(vc); free(qc); free(S);
     }
 }
 
 // Given dout (B,T,H,hs): dq (B,T,H,hs), dk, dv (B,T,KV,hs) are SET (not accumulated).
 // Threads split (b, kv head) pairs: each owns its dk/dv rows and the dq rows of its heads,
-// so no two threads write the same float. Probabilities are recomputed from lse.
-static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                               const float *k, const float *v, const float *out, const float *lse,
-                               const uint8_t *mask, const int *vidx, const int *pos,
-                               int B, int T, int H, int KV, int hs) {
+// so no two threads write the same float. Probabilities are recomputed from lse; the four
+// block products run on the GEMM kernel through transposed blocks.
+ATTN_CLONES static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                           const float *k, const float *v, const float *out, const float *lse,
+                                           const int *vidx, const int *nvalid, int B, int T, int H, int KV, int hs) {
     int qd = H * hs, kvd = KV * hs, group = H / KV;
     float scale = 1.0f / sqrtf((float)hs);
     int units = B * KV;
+    memset(dq, 0, (size_t)B * T * qd * sizeof(float));  // padded positions stay zero
+    memset(dk, 0, (size_t)B * T * kvd * sizeof(float));
+    memset(dv, 0, (size_t)B * T * kvd * sizeof(float));
     #pragma omp parallel if ((size_t)B * T * H * hs * T / 2 >= PAR_MIN)
     {
-        float *p = scratch_alloc(T), *ds = scratch_alloc(T);
+        size_t Th = (size_t)T * hs, QT = (size_t)ATT_QB * T;
+        float *kc = scratch_alloc(Th), *vc = scratch_alloc(Th), *kcT = scratch_alloc(Th);
+        float *qc = scratch_alloc(Th), *oc = scratch_alloc(Th), *doc = scratch_alloc(Th);
+        float *dkc = scratch_alloc(Th), *dvc = scratch_alloc(Th), *dqc = scratch_alloc(Th), *tmp = scratch_alloc(Th);
+        float *P = scratch_alloc(QT), *dS = scratch_alloc(QT), *blkT = scratch_alloc(QT);
+        float *xT = scratch_alloc((size_t)ATT_QB * hs), *L = scratch_alloc(T);
         #pragma omp for schedule(dynamic, 1)
         for (int u = 0; u < units; u++) {
-            int b = u / KV, kh = u % KV;
+            int b = u / KV, kh = u % KV, nv = nvalid[b];
+            if (nv == 0) continue;
             const int *vi = vidx + (size_t)b * T;
-            for (int t = 0; t < T; t++) {
-                size_t n = (size_t)b * T + t;
-                memset(dk + n * kvd + (size_t)kh * hs, 0, hs * sizeof(float));
-                memset(dv + n * kvd + (size_t)kh * hs, 0, hs * sizeof(float));
-                memset(dq + n * qd + (size_t)kh * group * hs, 0, (size_t)group * hs * sizeof(float));
-            }
-            const float *kb = k + (size_t)b * T * kvd + (size_t)kh * hs;
-            const float *vb = v + (size_t)b * T * kvd + (size_t)kh * hs;
-            float *dkb = dk + (size_t)b * T * kvd + (size_t)kh * hs;
-            float *dvb = dv + (size_t)b * T * kvd + (size_t)kh * hs;
+            size_t kv0 = (size_t)b * T * kvd + (size_t)kh * hs;
+            gather_rows(kc, k + kv0, kvd, vi, nv, hs);
+            gather_rows(vc, v + kv0, kvd, vi, nv, hs);
+            transpose_serial(kcT, kc, nv, hs);  // (hs, nv)
+            memset(dkc, 0, (size_t)nv * hs * sizeof(float));
+            memset(dvc, 0, (size_t)nv * hs * sizeof(float));
             for (int h = kh * group; h < (kh + 1) * group; h++) {
-                for (int t = 0; t < T; t++) {
-                    size_t n = (size_t)b * T + t;
-                    if (!mask[n]) continue;
-                    int nk = pos[n] + 1;  // keys vi[0..nk)
-                    const float *qv = q + n * qd + (size_t)h * hs, *dov = dout + n * qd + (size_t)h * hs;
-                    float *dqv = dq + n * qd + (size_t)h * hs;
-                    float L = lse[n * H + h];
-                    // o = sum_s p_s v_s  =>  sum_s p_s dp_s = do . o
-                    float D = dot_f(dov, out + n * qd + (size_t)h * hs, hs);
-                    // p_s = exp(q.k_s * scale - lse)
-                    for (int j = 0; j < nk; j++) p[j] = dot_f(qv, kb + (size_t)vi[j] * kvd, hs) * scale - L;
-                    for (int j = 0; j < nk; j++) p[j] = exp_approx(p[j]);
-                    // o = sum_s p_s v_s  =>  dp_s = do . v_s
-                    for (int j = 0; j < nk; j++) ds[j] = dot_f(dov, vb + (size_t)vi[j] * kvd, hs);
-                    // p = softmax(score)  =>  dscore_s = p_s (dp_s - D); score = q.k * scale
-                    for (int j = 0; j < nk; j++) ds[j] = p[j] * (ds[j] - D) * scale;
-                    for (int j = 0; j < nk; j++) {
-                        size_t s = (size_t)vi[j] * kvd;
-                        axpy_f(dqv, ds[j], kb + s, hs);     // dq += ds_s k_s
-                        axpy_f(dkb + s, ds[j], qv, hs);     // dk_s += ds_s q
-                        axpy_f(dvb + s, p[j], dov, hs);     // dv_s += p_s do
+                size_t q0 = (size_t)b * T * qd + (size_t)h * hs;
+                gather_rows(qc, q + q0, qd, vi, nv, hs);
+                gather_rows(oc, out + q0, qd, vi, nv, hs);
+                gather_rows(doc, dout + q0, qd, vi, nv, hs);
+                for (int j = 0; j < nv; j++) L[j] = lse[((size_t)b * T + vi[j]) * H + h];
+                for (int r0 = 0; r0 < nv; r0 += ATT_QB) {
+                    int nq = nv - r0 < ATT_QB ? nv - r0 : ATT_QB, nk = r0 + nq;
+                    const float *qb = qc + (size_t)r0 * hs, *dob = doc + (size_t)r0 * hs;
+                    // recompute scores: S = q k^T;  dP = do v^T  (o = P v)
+                    matmul_nt_serial(P, nk, qb, hs, kc, hs, nq, hs, nk);
+                    matmul_nt_serial(dS, nk, dob, hs, vc, hs, nq, hs, nk);
+                    for (int i = 0; i < nq; i++) {
+                        int n = r0 + i + 1;  // causal: keys 0..r0+i
+                        float *pr = P + (size_t)i * nk, *dr = dS + (size_t)i * nk;
+                        // sum_s p_s dp_s = do . o
+                        float D = dot_f(dob + (size_t)i * hs, oc + (size_t)(r0 + i) * hs, hs);
+                        // p_s = exp(score_s * scale - lse)
+                        for (int j = 0; j < n; j++) pr[j] = pr[j] * scale - L[r0 + i];
+                        exp_inplace(pr, n);
+                        // p = softmax(score)  =>  dscore_s = p_s (dp_s - D), and score = q.k * scale
+                        for (int j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - D) * scale;
+                        for (int j = n; j < nk; j++) pr[j] = dr[j] = 0.0f;
                     }
+                    // dq (nq, hs) = dS (nq, nk) @ k (nk, hs): NT against kT (hs, nv)
+                    matmul_nt_serial(dqc + (size_t)r0 * hs, hs, dS, nk, kcT, nv, nq, nk, hs);
+                    // dk (nk, hs) += dS^T @ q_blk
+                    transpose_serial(blkT, dS, nq, nk);          // (nk, nq)
+                    transpose_serial(xT, qb, nq, hs);            // (hs, nq)
+                    matmul_nt_serial(tmp, hs, blkT, nq, xT, nq, nk, nq, hs);
+                    for (size_t i = 0; i < (size_t)nk * hs; i++) dkc[i] += tmp[i];
+                    // dv (nk, hs) += P^T @ do_blk
+                    transpose_serial(blkT, P, nq, nk);
+                    transpose_serial(xT, dob, nq, hs);
+                    matmul_nt_serial(tmp, hs, blkT, nq, xT, nq, nk, nq, hs);
+                    for (size_t i = 0; i < (size_t)nk * hs; i++) dvc[i] += tmp[i];
                 }
+                for (int j = 0; j < nv; j++)
+                    memcpy(dq + q0 + (size_t)vi[j] * qd, dqc + (size_t)j * hs, hs * sizeof(float));
+            }
+            for (int j = 0; j < nv; j++) {
+                memcpy(dk + kv0 + (size_t)vi[j] * kvd, dkc + (size_t)j * hs, hs * sizeof(float));
+                memcpy(dv + kv0 + (size_t)vi[j] * kvd, dvc + (size_t)j * hs, hs * sizeof(float));
             }
         }
-        free(p);
-        free(ds);
+        free(kc); free(vc); free(kcT); free(qc); free(oc); free(doc); free(dkc); free(dvc); free(dqc); free(tmp);
+        free(P); free(dS); free(blkT); free(xT); free(L);
     }
 }
 
 // gate (n) = silu(h1) * h3, silu(x) = x * sigmoid(x)
-static void swiglu_forward(float *gate, const float *h1, const float *h3, size_t n) {
-    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
+ATTN_CLONES static void swiglu_forward(float *gate, const float *h1, const float *h3, size_t n) {
+    size_t n8 = n & ~(size_t)7;
+    if (n >= PAR_MIN) {
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n8; i += 8) {
+            v8f x = v8f_load(h1 + i);
+            v8f_store(gate + i, x / (v8f_set1(1.0f) + exp_approx8(-x)) * v8f_load(h3 + i));
+        }
+    } else {
+        for (size_t i = 0; i < n8; i += 8) {
+            v8f x = v8f_load(h1 + i);
+            v8f_store(gate + i, x / (v8f_set1(1.0f) + exp_approx8(-x)) * v8f_load(h3 + i));
+        }
+    }
+    for (size_t i = n8; i < n; i++) {
         float x = h1[i];
         gate[i] = x / (1.0f + exp_approx(-x)) * h3[i];
     }
 }
 
 // dh1, dh3 (n) SET from dgate (n)
-static void swiglu_backward(float *dh1, float *dh3, const float *dgate, const float *h1,
-                            const float *h3, size_t n) {
-    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = h1[i], sig = 1.0f / (1.0f + exp_approx(-x));
+ATTN_CLONES static void swiglu_backward(float *dh1, float *dh3, const float *dgate, const float *h1,
+                                        const float *h3, size_t n) {
+    size_t n8 = n & ~(size_t)7;
+    #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t i = 0; i < n8; i += 8) {
+        v8f x = v8f_load(h1 + i), g = v8f_load(dgate + i), one = v8f_set1(1.0f);
+        v8f sig = one / (one + exp_approx8(-x));
         // gate = x sig(x) h3  =>  dh3 = dgate x sig ;  dx = dgate h3 sig (1 + x (1 - sig))
+        v8f_store(dh3 + i, g * x * sig);
+        v8f_store(dh1 + i, g * v8f_load(h3 + i) * sig * (one + x * (one - sig)));
+    }
+    for (size_t i = n8; i < n; i++) {
+        float x = h1[i], sig = 1.0f / (1.0f + exp_approx(-x));
         dh3[i] = dgate[i] * x * sig;
         dh1[i] = dgate[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
     }
@@ -614,6 +761,11 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
     int hs = C / H, qd = H * hs, kvd = KV * hs;
     m->B = B;
     m->T = T;
+    if ((size_t)B > a->nvalid_cap) {
+        free(a->nvalid);
+        a->nvalid = xmalloc((size_t)B * sizeof(int));
+        a->nvalid_cap = B;
+    }
 
     // position ids: valid tokens before each position in its row
     int max_pos = 0;
@@ -632,6 +784,7 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
             cnt += mk;
         }
         if (cnt > max_pos) max_pos = cnt;
+        a->nvalid[b] = cnt;
     }
     rope_ensure(m, max_pos + 1);
 
@@ -658,7 +811,7 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
         matmul_forward(v, ln1, w->wv + (size_t)l * kvd * C, w->bv ? w->bv + (size_t)l * kvd : NULL, N, C, kvd, 0);
         rope_forward(q, a->pos, N, H, hs, a->rope_cos, a->rope_sin);
         rope_forward(k, a->pos, N, KV, hs, a->rope_cos, a->rope_sin);
-        attention_forward(atty, a->lse + (size_t)l * N * H, q, k, v, a->mask, a->vidx, a->pos, B, T, H, KV, hs);
+        attention_forward(atty, a->lse + (size_t)l * N * H, q, k, v, a->mask, a->vidx, a->nvalid, B, T, H, KV, hs);
         memcpy(mid, res, (size_t)N * C * sizeof(float));
         matmul_forward(mid, atty, w->wo + (size_t)l * C * qd, NULL, N, qd, C, 1);  // mid = res + atty wo^T
 
@@ -744,7 +897,7 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
         // mid = res + atty @ wo^T: dres flows on to res unchanged
         matmul_backward(a, datty, g->wo + (size_t)l * C * qd, NULL, dres, transposed(a, atty, N, qd), w->wo + (size_t)l * C * qd, N, qd, C, 0);
         // atty = attention(q, k, v)
-        attention_backward(dq, dk, dv, datty, q, k, v, atty, a->lse + (size_t)l * N * H, a->mask, a->vidx, a->pos,
+        attention_backward(dq, dk, dv, datty, q, k, v, atty, a->lse + (size_t)l * N * H, a->vidx, a->nvalid,
                            B, T, H, KV, hs);
         // q, k = rope(q0, k0)
         rope_backward(dq, a->pos, N, H, hs, a->rope_cos, a->rope_sin);
@@ -801,6 +954,16 @@ void kvcache_reset_row(KVCache *kv, int row) {
     kv->len[row] = 0;
 }
 
+// attention of packed token j = u / H, head h = u % H against its cache row: q (Ntok, H*hs),
+// kc/vc this layer's cache (B, T_max, KV*hs), att (Ntok, H*hs) out, sc (T_max) scratch
+static void decode_attend(float *att, const float *q, const float *kc, const float *vc, float *sc, size_t u,
+                          int H, int hs, int group, int kvd, int T_max, const int *trow, const int *pos, float scale) {
+    int j = (int)(u / H), h = (int)(u % H), nk = pos[j] + 1, qd = H * hs;
+    size_t kv0 = (size_t)trow[j] * T_max * kvd + (size_t)(h / group) * hs;
+    matmul_nt_serial(sc, nk, q + (size_t)j * qd + (size_t)h * hs, hs, kc + kv0, kvd, 1, hs, nk);
+    softmax_attend(att + (size_t)j * qd + (size_t)h * hs, sc, nk, scale, vc + kv0, kvd, hs);
+}
+
 // Append seqs[i] (lens[i] tokens) to cache rows rows[i]; logits_out (n, V) after each row's
 // last new token. All new tokens of all rows go through each layer as one packed (Ntok, C) batch.
 static void model_extend(Model *m, KVCache *kv, int n, const int *rows, const int32_t *const *seqs,
@@ -829,8 +992,10 @@ static void model_extend(Model *m, KVCache *kv, int n, const int *rows, const in
 
     // scratch: x, xb (Ntok,C); q, att (Ntok,qd); k, v (Ntok,kvd); h1, h3 (Ntok,F); last (n,C); pos, row ints
     size_t NC = (size_t)Ntok * C;
+    int nth = omp_get_max_threads();
+    size_t sc_stride = ((size_t)max_pos + 15) & ~(size_t)15;  // per-thread attention scores
     size_t total = 2 * NC + 2 * (size_t)Ntok * qd + 2 * (size_t)Ntok * kvd + 2 * (size_t)Ntok * F +
-                   (size_t)n * C + 2 * (size_t)Ntok;
+                   (size_t)n * C + 2 * (size_t)Ntok + (size_t)nth * sc_stride;
     a->dbuf = grow(a->dbuf, &a->dcap, total);
     float *p = a->dbuf;
     float *x = p; p += NC;
@@ -842,6 +1007,7 @@ static void model_extend(Model *m, KVCache *kv, int n, const int *rows, const in
     float *h1 = p; p += (size_t)Ntok * F;
     float *h3 = p; p += (size_t)Ntok * F;
     float *last = p; p += (size_t)n * C;
+    float *sc_all = p; p += (size_t)nth * sc_stride;
     int *pos = (int *)p; p += Ntok;   // int and float are both 4 bytes
     int *trow = (int *)p;
 
@@ -875,17 +1041,17 @@ static void model_extend(Model *m, KVCache *kv, int n, const int *rows, const in
         }
         // each new token attends to its row's cache up to and including itself
         size_t units = (size_t)Ntok * H;
-        #pragma omp parallel if (units * hs * max_pos / 2 >= PAR_MIN)
-        {
-            float *sc = scratch_alloc(max_pos);
-            #pragma omp for schedule(dynamic, 4)
-            for (size_t u = 0; u < units; u++) {
-                int j = (int)(u / H), h = (int)(u % H);
-                size_t kv0 = (size_t)trow[j] * kv->T_max * kvd + (size_t)(h / group) * hs;
-                attend_one(att + (size_t)j * qd + (size_t)h * hs, q + (size_t)j * qd + (size_t)h * hs,
-                           kc + kv0, vc + kv0, kvd, NULL, pos[j] + 1, hs, scale, sc);
+        if (units * hs * max_pos / 2 >= PAR_MIN) {
+            #pragma omp parallel
+            {
+                float *sc = sc_all + (size_t)omp_get_thread_num() * sc_stride;
+                #pragma omp for schedule(dynamic, 4)
+                for (size_t u = 0; u < units; u++)
+                    decode_attend(att, q, kc, vc, sc, u, H, hs, group, kvd, kv->T_max, trow, pos, scale);
             }
-            free(sc);
+        } else {
+            for (size_t u = 0; u < units; u++)
+                decode_attend(att, q, kc, vc, sc_all, u, H, hs, group, kvd, kv->T_max, trow, pos, scale);
         }
         matmul_forward(x, att, w->wo + (size_t)l * C * qd, NULL, Ntok, qd, C, 1);  // x += att wo^T
         // feed-forward block
@@ -912,13 +1078,17 @@ void model_prefill(Model *m, KVCache *kv, int n, const int *rows, const int32_t 
 
 void model_decode(Model *m, KVCache *kv, int n, const int *rows, const int32_t *tokens, float *logits_out) {
     if (n <= 0) return;
-    const int32_t **seqs = xmalloc((size_t)n * sizeof(*seqs));
-    int *ones = xmalloc((size_t)n * sizeof(int));
-    for (int i = 0; i < n; i++) {
-        seqs[i] = tokens + i;
-        ones[i] = 1;
+    ModelActs *a = m->acts;
+    if ((size_t)n > a->dec_cap) {  // one-token "prompts" pointing into tokens
+        free(a->dec_seqs);
+        free(a->dec_ones);
+        a->dec_seqs = xmalloc((size_t)n * sizeof(*a->dec_seqs));
+        a->dec_ones = xmalloc((size_t)n * sizeof(int));
+        a->dec_cap = n;
     }
-    model_extend(m, kv, n, rows, seqs, ones, logits_out);
-    free(seqs);
-    free(ones);
+    for (int i = 0; i < n; i++) {
+        a->dec_seqs[i] = tokens + i;
+        a->dec_ones[i] = 1;
+    }
+    model_extend(m, kv, n, rows, a->dec_seqs, a->dec_ones, logits_out);
 }

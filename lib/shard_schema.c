@@ -13,6 +13,7 @@ const ShardDtype shard_schema[] = {
     {"logp", "f32"},              // (T) log pi_old(y_t | ...)
     {"ref_logp", "f32"},          // (T) log pi_ref(y_t | ...)
     {"entropy", "f32"},           // (T) entropy of the next-token distribution
+    {"kept_mass", "f32"},         // (T) probability mass kept by top-k/top-p (when used)
     // safe-critic
     {"v1", "f32"},                // (T) value head 1
     {"v2", "f32"},                // (T) value head 2

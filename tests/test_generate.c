@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum { NPROMPT = 35, NSAMPLE = 2, NREQ = NPROMPT * NSAMPLE, MAXNEW = 40 };
+enum { NPROMPT = 35, NSAMPLE = 2, NREQ = NPROMPT * NSAMPLE, MAXNEW = 24 };
 
 static Model *model;
 static Tokenizer *tok;
@@ -72,7 +72,7 @@ static int compare(const GenResult *a, const GenResult *b, const char *what, dou
     for (int i = 0; i < NREQ; i++) {
         int same = a[i].n == b[i].n && a[i].finish == b[i].finish &&
                    memcmp(a[i].tokens, b[i].tokens, (size_t)a[i].n * sizeof(int32_t)) == 0;
-        if (!same && bad++ < 2) printf("  %s: request %d (%s #%d) differs: %d vs %d tokens\n", what, i, reqs[i].id,
+        if (!same && bad++ < 2 && what) printf("  %s: request %d (%s #%d) differs: %d vs %d tokens\n", what, i, reqs[i].id,
                                        reqs[i].sample_index, a[i].n, b[i].n);
         for (int j = 0; same && j < a[i].n; j++) worst = fmax(worst, fabs(a[i].logp[j] - b[i].logp[j]));
     }
@@ -104,9 +104,9 @@ TEST(same_tokens_for_batch_and_threads) {
     }
     // and a different seed gives different tokens
     c.seed = 1235;
-    GenResult *r = run(&c, 2);
+    GenResult *r = run(&c, 1);
     double dl;
-    int differ = compare(ref, r, "other seed", &dl);
+    int differ = compare(ref, r, NULL, &dl);
     CHECK(differ > NREQ / 2, "another seed changed only %d of %d requests", differ, NREQ);
     free_results(r);
     free_results(ref);
@@ -125,10 +125,10 @@ TEST(rows_finish_at_different_times) {
     c.eos_id = tokenizer_lookup(tok, ".", 1);
     CHECK(c.eos_id > 0, "no '.' token");
     c.batch = 1;
-    GenResult *one = run(&c, 2);
+    GenResult *one = run(&c, 1);
     c.batch = 7;
     done_count = 0;
-    omp_set_num_threads(2);
+    omp_set_num_threads(1);
     GenResult *seven = xcalloc(NREQ, sizeof(GenResult));
     generate(model, &c, reqs, NREQ, seven, on_done, NULL);
     double dl;
@@ -160,7 +160,7 @@ TEST(logp_matches_teacher_forcing) {
     GenConfig c = base_config();
     c.batch = 7;
     c.sampler.top_k = 20;   // truncation changes what is sampled, not the recorded log-probs
-    GenResult *r = run(&c, 2);
+    GenResult *r = run(&c, 1);
     double worst_lp = 0, worst_ent = 0;
     int checked = 0, kept_below_one = 0;
     for (int i = 0; i < NREQ; i += 9) {
@@ -209,6 +209,7 @@ static int run_child(void (*fn)(void), char *err, size_t n) {
     if (pid == 0) {
         close(p[0]);
         dup2(p[1], 2);
+        omp_set_num_threads(1);   // libgomp's thread pool does not survive fork()
         fn();
         _exit(0);
     }
@@ -251,17 +252,26 @@ static void child_poisoned_token(void) {
     generate(u, &c, q, 3, NULL, emitted, NULL);
 }
 
+static void print_indented(const char *s) {
+    while (*s) {
+        const char *nl = strchr(s, '\n');
+        int n = nl ? (int)(nl - s) : (int)strlen(s);
+        printf("  | %.*s\n", n, s);
+        s += n + (nl != NULL);
+    }
+}
+
 TEST(nan_logits_stop_generation) {
     char err[4096];
     int st = run_child(child_poisoned_norm, err, sizeof err);
-    printf("  %s", err);
+    print_indented(err);
     char want[64];
     snprintf(want, sizeof want, "position %d", reqs[0].n_tokens);
     CHECK(st == 3, "exit %d, wanted 3", st);
     CHECK(strstr(err, reqs[0].id) && strstr(err, want) && strstr(err, "non-finite"), "message: %s", err);
     CHECK(!strstr(err, "EMITTED"), "a token was emitted: %s", err);
     st = run_child(child_poisoned_token, err, sizeof err);
-    printf("%s", err);
+    print_indented(err);
     snprintf(want, sizeof want, "position %d", reqs[2].n_tokens);
     CHECK(st == 3 && strstr(err, "EMITTED 0") && strstr(err, "EMITTED 1") && !strstr(err, "EMITTED 2") &&
           strstr(err, reqs[2].id) && strstr(err, want), "exit %d: %s", st, err);

@@ -19,6 +19,7 @@
 #include "adamw.h"    // AdamW, grad_clip
 #include "common.h"   // xmalloc, safe_data_dir
 #include "logprob.h"  // logprob_forward/backward
+#include "matmul.h"   // matmul_nt: batch invariance, kernel choice
 #include "model.h"    // Model, model_forward/backward, KV cache
 
 #include <omp.h>
@@ -234,6 +235,15 @@ TEST(invariants_stories260k) {
 TEST(invariants_tiny_gqa_bias) {
     Model *m = tiny_model(1, 1, 7);
     check_invariants(m, "tiny tied+bias");
+    // the same under every GEMM kernel this CPU has (the CPU picks one at run time)
+    const char *orig = matmul_isa(), *isas[3] = {"avx512", "avx2", "generic"};
+    for (int i = 0; i < 3; i++) {
+        if (!strcmp(isas[i], orig) || matmul_force_isa(isas[i])) continue;
+        char label[64];
+        snprintf(label, sizeof label, "tiny tied+bias [%s kernel]", isas[i]);
+        check_invariants(m, label);
+    }
+    matmul_force_isa(orig);
     model_free(m);
     m = tiny_model(0, 0, 8);
     check_invariants(m, "tiny untied");
@@ -740,7 +750,54 @@ TEST(logprob_stable_and_backward) {
     CHECK(logp[2] == 0.0f, "padding target gives logp 0 (got %g)", logp[2]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// the GEMM: each output row is bit-identical whatever the batch around it, for every kernel
+
+TEST(matmul_batch_invariant) {
+    const char *isas[3] = {"avx512", "avx2", "generic"};
+    int shapes[4][2] = {{8, 5}, {64, 172}, {300, 33}, {1100, 40}};  // (K, OC): tails, K > KC
+    const char *orig = matmul_isa();
+    for (int ii = 0; ii < 3; ii++) {
+        if (matmul_force_isa(isas[ii])) { printf("  %s: not on this CPU, skipped\n", isas[ii]); continue; }
+        int diffs = 0;
+        double maxerr = 0.0;
+        for (int si = 0; si < 4; si++) {
+            int K = shapes[si][0], OC = shapes[si][1], N = 23;
+            float *x = xmalloc((size_t)N * K * 4), *w = xmalloc((size_t)OC * K * 4), *bias = xmalloc(OC * 4);
+            float *full = xmalloc((size_t)N * OC * 4), *part = xmalloc((size_t)N * OC * 4);
+            for (int i = 0; i < N * K; i++) x[i] = (float)(rand_int(2001) - 1000) / 1000.0f;
+            for (int i = 0; i < OC * K; i++) w[i] = (float)(rand_int(2001) - 1000) / 1000.0f;
+            for (int i = 0; i < OC; i++) bias[i] = (float)(rand_int(2001) - 1000) / 1000.0f;
+            matmul_nt(full, x, w, bias, N, K, OC, 0);
+            // the same rows in batches of 1, 2, 3, 5, 7, 5 (every tile path and offset)
+            int sizes[6] = {1, 2, 3, 5, 7, 5};
+            for (int b = 0, r = 0; b < 6; r += sizes[b], b++)
+                matmul_nt(part + (size_t)r * OC, x + (size_t)r * K, w, bias, sizes[b], K, OC, 0);
+            for (int i = 0; i < N * OC; i++) diffs += full[i] != part[i];
+            // against a double-precision product
+            for (int r = 0; r < N; r++)
+                for (int c = 0; c < OC; c++) {
+                    double d = bias[c];
+                    for (int k = 0; k < K; k++) d += (double)x[(size_t)r * K + k] * w[(size_t)c * K + k];
+                    maxerr = fmax(maxerr, fabs(full[(size_t)r * OC + c] - d) / (1.0 + sqrt((double)K)));
+                }
+            // rows through the serial entry (attention scores use it), against the threaded one
+            matmul_nt(full, x, w, NULL, N, K, OC, 0);
+            matmul_nt_serial(part, OC, x + 5 * K, K, w, K, 1, K, OC);
+            matmul_nt_serial(part + OC, OC, x + 6 * K, K, w, K, 6, K, OC);
+            for (int c = 0; c < 7 * OC; c++) diffs += part[c] != full[5 * OC + c];
+            free(x); free(w); free(bias); free(full); free(part);
+        }
+        printf("  %-7s: rows batched 23 vs 1..7 at a time: %d differing floats; error vs double %.2e\n",
+               isas[ii], diffs, maxerr);
+        CHECK(diffs == 0, "%s: %d outputs change with the batch", isas[ii], diffs);
+        CHECK(maxerr < 1e-5, "%s: error %g", isas[ii], maxerr);
+    }
+    matmul_force_isa(orig);
+}
+
 int main(void) {
+    RUN(matmul_batch_invariant);
     RUN(invariants_stories260k);
     RUN(invariants_tiny_gqa_bias);
     RUN(parity_stories260k);

@@ -110,7 +110,7 @@ typedef struct {
     Buf scratch;
     char **warned;             // fields warned about (undeclared arrays)
     int nwarned;
-    int warned_utf8;
+    int warned_utf8, warned_bigint;
     long nrec;
 } Cat;
 
@@ -474,12 +474,49 @@ static char *line_next(Input *in, size_t *n) {
     }
 }
 
-static json_t *json_next(Input *in) {
+// Copy of the line with ".0" after integer literals beyond int64: jq 1.6 prints large
+// floats (1e20) as integers, which jansson refuses. Strings are left alone.
+static void big_ints_as_reals(const char *s, size_t n, Buf *out) {
+    out->len = 0;
+    int in_str = 0;
+    for (size_t i = 0; i < n;) {
+        char ch = s[i];
+        if (in_str) {
+            buf_putc(out, ch);
+            if (ch == '\\' && i + 1 < n) buf_putc(out, s[++i]);
+            else if (ch == '"') in_str = 0;
+            i++;
+        } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+            size_t j = i, digits = 0;
+            int real = 0;
+            while (j < n && strchr("+-0123456789.eE", s[j])) { digits += s[j] >= '0' && s[j] <= '9'; real |= !!strchr(".eE", s[j]); j++; }
+            buf_put(out, s + i, j - i);
+            if (!real && digits > 18) buf_puts(out, ".0");
+            i = j;
+        } else {
+            in_str = ch == '"';
+            buf_putc(out, ch);
+            i++;
+        }
+    }
+    buf_putc(out, 0);
+}
+
+static json_t *json_next(Cat *c, Input *in) {
     size_t n;
     char *s = line_next(in, &n);
     if (!s) return NULL;
     json_error_t err;
-    json_t *j = json_loadb(s, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    const size_t flags = JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL;
+    json_t *j = json_loadb(s, n, flags, &err);
+    if (!j && strstr(err.text, "too big integer")) {
+        big_ints_as_reals(s, n, &c->scratch);
+        j = json_loadb(c->scratch.p, c->scratch.len - 1, flags, &err);
+        if (j && !c->warned_bigint) {
+            c->warned_bigint = 1;
+            warn("%s: line %ld: integers beyond int64 are read as floats (jq 1.6 prints large floats so)", in->path, in->lineno);
+        }
+    }
     if (!j) jin_die(in, NULL, "column %d: invalid JSON: %s", err.column, err.text);
     if (!json_is_object(j)) {
         json_decref(j);
@@ -585,7 +622,9 @@ static void pack_typed_array(Cat *c, Input *in, const char *field, json_t *a, ch
         if (type == 'i') {
             double d = json_is_integer(e) ? (double)json_integer_value(e) : json_is_real(e) ? json_real_value(e) : NAN;
             if (!(d >= INT32_MIN && d <= INT32_MAX && d == floor(d)))
-                jin_die(in, field, "element %zu is not an int32 (the dtype of \"%s\" is i32)", i, field);
+                jin_die(in, field, "element %zu is not an int32: the dtype of \"%s\" is i32 (from the header, the "
+                        "built-in schema or the first record; a header line {\"format\":\"safe-shard\",\"version\":1,"
+                        "\"dtypes\":{\"%s\":\"f32\"}} makes it float32)", i, field, field);
             int32_t v = (int32_t)d;
             memcpy(b->p + 4 * i, &v, 4);
         } else {
@@ -680,11 +719,16 @@ static int ends_with(const char *s, const char *suf) {
 // Open one input and decide what it is: '{' (after blanks) -> JSON lines, else a shard.
 static void input_open(Cat *c, Input *in, const char *path) {
     memset(in, 0, sizeof *in);
-    in->path = path;
     ZIn *z = zin_open(path);
+    in->path = xstrdup(zin_path(z));   // "stdin" for "-"
     unsigned char head[64];
     long n = zin_peek(z, head, sizeof head);
-    if (n < 0) die(EXIT_BADINPUT, "%s: record 0: %s (the file is damaged)", path, zin_error(z));
+    if (n < 0) {
+        if (strncmp(zin_error(z), "truncated", 9) == 0)
+            die(EXIT_BADINPUT, "%s: header: truncated before the first record: the zstd frame is incomplete "
+                "(was its writer killed? regenerate it)", zin_path(z));
+        die(EXIT_BADINPUT, "%s: %s, before any record (the data is damaged: regenerate it)", zin_path(z), zin_error(z));
+    }
     long i = 0;
     while (i < n && (head[i] == ' ' || head[i] == '\t' || head[i] == '\r' || head[i] == '\n')) i++;
     int json = (i < n && head[i] == '{') || (n > 0 && i == n);
@@ -701,11 +745,11 @@ static void input_open(Cat *c, Input *in, const char *path) {
         return;
     }
     in->z = z;
-    json_t *j = json_next(in);
+    json_t *j = json_next(c, in);
     if (j && json_is_header(j)) {
         load_json_header(c, in, j);
         json_decref(j);
-        j = json_next(in);
+        j = json_next(c, in);
     }
     in->pending = j;
 }
@@ -900,7 +944,7 @@ static void copy_json(Cat *c, Input *in, Progress *p) {
     json_t *j = in->pending;
     in->pending = NULL;
     for (;;) {
-        if (!j) j = json_next(in);
+        if (!j) j = json_next(c, in);
         if (!j) break;
         if (json_is_header(j)) {   // another header (files joined with cat): check it, skip it
             Input tmp = *in;
@@ -987,6 +1031,7 @@ int main(int argc, char **argv) {
         if (c.in[i].pending) json_decref(c.in[i].pending);
         if (c.in[i].has_jheader) msgpack_unpacked_destroy(&c.in[i].jheader);
         free(c.in[i].line.p);
+        free((char *)c.in[i].path);
     }
     shard_close(hf);
     free(c.in);

@@ -8,6 +8,15 @@
 // last valid token, run GAE and whiten the advantages, then train the critic (backbone and
 // heads) on the clipped Huber value loss. --algo ppo gives the baseline's single head, the
 // KL-in-reward token rewards and the clipped squared value loss.
+//
+// Data parallel (mpirun -np W safe-critic ...): every rank reads the whole input. The value
+// pass is split by record (rank r values records [r·B/W, (r+1)·B/W)) and the per-token values
+// are all-gathered in rank order, so every rank holds the values of the whole batch and
+// computes the same reward normalisation, GAE and whitening (global statistics, no per-rank
+// whitening). Training splits each minibatch the same way: the value loss is a mean over the
+// minibatch's global token count (dloss = n_local / n_global), gradients are summed over the
+// ranks before the clip, every rank takes the same step, and rank 0 writes the records and
+// the critic. The forward is batch-invariant (lib/matmul.c), so the records equal 1 rank's.
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -16,6 +25,7 @@
 #include "adamw.h"       // AdamW, grad_clip
 #include "advantage.h"   // RewardNorm, token_rewards, gae_sequence, whiten, advantage_sequence
 #include "checkpoint.h"  // model_load, checkpoint_save/load_*
+#include "comm.h"        // ranks, slices, all-gather of values, all-reduce of gradients
 #include "common.h"      // die, xmalloc, exit codes
 #include "losses.h"      // value_loss_safe_*, value_loss_ppo_*
 #include "progress.h"    // progress on stderr
@@ -33,6 +43,7 @@ typedef struct {
     int epochs, minibatches, head_hidden;
     unsigned long long seed;
     int level, quiet, no_whiten;
+    double comm_timeout;   // seconds a collective waits (0: $SAFE_COMM_TIMEOUT or 300)
 } Options;
 
 static void usage(FILE *f) {
@@ -67,7 +78,10 @@ static void usage(FILE *f) {
         "  --seed N               head initialisation and minibatch shuffling seed (0)\n"
         "  --level N              zstd level of the output (3; 0 = raw)\n"
         "  --quiet                no progress on stderr\n"
-        "  --help, --version\n");
+        "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
+        "  --help, --version\n"
+        "\n"
+        "Data parallel: mpirun -np N safe-critic ... (see DATA PARALLEL in the man page).\n");
 }
 
 static float parse_float(const char *opt, const char *s) {
@@ -87,7 +101,7 @@ static int parse_int(const char *opt, const char *s) {
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_CRITIC = 256, O_INIT, O_CONTROL, O_OUTCRITIC, O_ALGO, O_ADV, O_GAMMA, O_LAMBDA, O_ALPHA,
            O_VFCLIP, O_HUBER, O_BETA, O_LR, O_WD, O_GCLIP, O_EPOCHS, O_MB, O_HH, O_NOWHITEN, O_SEED,
-           O_LEVEL, O_QUIET, O_HELP, O_VERSION };
+           O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION };
     static const struct option longs[] = {
         {"critic", 1, 0, O_CRITIC}, {"init-from", 1, 0, O_INIT}, {"control", 1, 0, O_CONTROL},
         {"input", 1, 0, 'i'}, {"output", 1, 0, 'o'}, {"out-critic", 1, 0, O_OUTCRITIC},
@@ -97,7 +111,8 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"weight-decay", 1, 0, O_WD}, {"grad-clip", 1, 0, O_GCLIP}, {"epochs", 1, 0, O_EPOCHS},
         {"minibatches", 1, 0, O_MB}, {"head-hidden", 1, 0, O_HH}, {"no-whiten", 0, 0, O_NOWHITEN},
         {"seed", 1, 0, O_SEED}, {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET},
-        {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+        {"comm-timeout", 1, 0, O_COMMTO}, {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION},
+        {0, 0, 0, 0}};
     *o = (Options){.input = "-", .output = "-", .algo = "safe", .adv_mode = "token", .gamma = 1.0f,
                    .lambda = 0.95f, .alpha = 0.3f, .vf_clip = 0.2f, .huber_delta = 0.5f,
                    .lr = 1e-5f, .weight_decay = 0.01f, .grad_clip = 0.5f, .beta = 0.05f,
@@ -129,8 +144,9 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
         case O_LEVEL: o->level = parse_int("level", optarg); break;
         case O_QUIET: o->quiet = 1; break;
+        case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
-        case O_VERSION: printf("safe-critic %s\n", SAFE_VERSION); exit(EXIT_OK);
+        case O_VERSION: printf("safe-critic %s (data parallel: %s)\n", SAFE_VERSION, comm_backend()); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
         }
     }
@@ -275,14 +291,34 @@ static void compute_targets(const Options *o, Critic *c, const RecStore *s, cons
     rewardnorm_apply(&c->norm, reward, B, tg->rnorm);
     free(reward);
     // values of every response token
-    float *hid = xmalloc(n * c->backbone->cfg.dim * sizeof(float));
     tg->v1 = xmalloc(n * sizeof(float));
     tg->v2 = xmalloc(n * sizeof(float));
     tg->values = xmalloc(n * sizeof(float));
-    critic_values(c, sb, hid, tg->v1, tg->v2);
+    if (comm_world() == 1) {
+        float *hid = xmalloc(n * c->backbone->cfg.dim * sizeof(float));
+        critic_values(c, sb, hid, tg->v1, tg->v2);
+        free(hid);
+    } else {
+        // this rank values its records [b0, b1); their tokens are one contiguous run of the
+        // packed arrays, so the rank-order all-gather lays out the whole batch's values
+        size_t b0, b1;
+        comm_slice((size_t)B, &b0, &b1);
+        int nl = (int)(b1 - b0);
+        int *rows = xmalloc((nl ? nl : 1) * sizeof(int));
+        for (int i = 0; i < nl; i++) rows[i] = (int)b0 + i;
+        SeqBatch *mine = records_seqbatch(s, rows, nl);
+        size_t m = mine->n_resp ? mine->n_resp : 1;
+        float *hid = xmalloc(m * c->backbone->cfg.dim * sizeof(float));
+        float *v1 = xmalloc(m * sizeof(float)), *v2 = xcalloc(m, sizeof(float));
+        critic_values(c, mine, hid, v1, v2);
+        size_t got = comm_allgatherv_f32(v1, mine->n_resp, tg->v1, n, "critic values V1");
+        comm_allgatherv_f32(v2, mine->n_resp, tg->v2, n, "critic values V2");
+        if (got != sb->n_resp) die(EXIT_RUNTIME, "internal error: gathered %zu values for %zu tokens", got, sb->n_resp);
+        free(hid); free(v1); free(v2); free(rows);
+        seqbatch_free(mine);
+    }
     if (safe) softmin_forward(tg->v1, tg->v2, sb->n_resp, o->alpha, tg->values);
     else memcpy(tg->values, tg->v1, n * sizeof(float));
-    free(hid);
     // per-token rewards: the normalised score on the last valid token (+ PPO's KL penalty)
     float *old = NULL, *ref = NULL;
     if (!safe) {
@@ -374,8 +410,20 @@ static ValueStats head_loss(const Options *o, const float *v, const float *v_old
     return vs;
 }
 
+// One optimiser step on the minibatch `rows_mb` (n_mb rows), of which this rank computes its
+// slice (comm_slice); every rank ends with the same parameters.
 static void train_minibatch(const Options *o, Critic *c, const RecStore *s, const SeqBatch *full,
-                            const Targets *tg, const int *rows, int nrows, CriticStats *cs) {
+                            const Targets *tg, const int *rows_mb, int n_mb, CriticStats *cs) {
+    size_t b0, b1;
+    comm_slice((size_t)n_mb, &b0, &b1);
+    const int *rows = rows_mb + b0;
+    int nrows = (int)(b1 - b0);
+    // tokens the value loss sees in the whole minibatch (all ranks), from the full targets
+    size_t n_global = 0;
+    for (int i = 0; i < n_mb; i++) {
+        size_t off = full->resp_off[rows_mb[i]];
+        for (int t = 0; t < full->resp_len[rows_mb[i]]; t++) n_global += tg->target_mask[off + t];
+    }
     SeqBatch *sb = records_seqbatch(s, rows, nrows);
     size_t n = sb->n_resp ? sb->n_resp : 1;
     int C = c->backbone->cfg.dim, heads = c->head->n_heads;
@@ -395,14 +443,23 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
 
     critic_values(c, sb, hid, v1, v2);
     // each head regresses on the returns around its own recorded values; the soft-min of the
-    // two is what the advantages used (pessimism at use time, two independent estimates)
+    // two is what the advantages used (pessimism at use time, two independent estimates).
+    // Means over this rank's tokens, times share, are means over the minibatch's tokens.
+    size_t n_local = mask_count(mask, sb->n_resp);
+    float share = n_global ? (float)((double)n_local / (double)n_global) : 0.0f;
     float w = 1.0f / heads;
-    ValueStats a = head_loss(o, v1, o1, ret, mask, sb->n_resp, w, dv1);
+    ValueStats a = head_loss(o, v1, o1, ret, mask, sb->n_resp, w * share, dv1);
     double loss = w * a.loss, clip = w * a.clip_frac;
     if (heads == 2) {
-        ValueStats b = head_loss(o, v2, o2, ret, mask, sb->n_resp, w, dv2);
+        ValueStats b = head_loss(o, v2, o2, ret, mask, sb->n_resp, w * share, dv2);
         loss += w * b.loss;
         clip += w * b.clip_frac;
+    }
+    if (comm_world() > 1) {
+        double sums[2] = {loss * (double)n_local, clip * (double)n_local};
+        comm_allreduce_f64(sums, 2, COMM_SUM, "critic loss statistics");
+        loss = n_global ? sums[0] / (double)n_global : 0;
+        clip = n_global ? sums[1] / (double)n_global : 0;
     }
     if (!isfinite(loss)) die(EXIT_RUNTIME, "non-finite critic value loss: lower the critic --lr?");
 
@@ -414,6 +471,12 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     float *dhidden = xcalloc((size_t)sb->B * sb->T * C, sizeof(float));
     seqbatch_scatter(sb, dh, C, dhidden);
     model_backward(c->backbone, NULL, dhidden);
+    comm_allreduce_f32(c->backbone->grads, c->backbone->n_params, COMM_SUM, "critic backbone gradients");
+    comm_allreduce_f32(c->head->grads, c->head->n_params, COMM_SUM, "value head gradients");
+    const char *gnames[2] = {"backbone", "value_head"};
+    const float *gbufs[2] = {c->backbone->grads, c->head->grads};
+    size_t glens[2] = {c->backbone->n_params, c->head->n_params};
+    comm_dump_grads(cs->updates, 2, gnames, gbufs, glens);
 
     // one global norm over backbone and heads, then both optimisers step
     double n1 = grad_clip(c->backbone->grads, c->backbone->n_params, 0);
@@ -494,16 +557,42 @@ int main(int argc, char **argv) {
     safe_progname = "safe-critic";
     Options o;
     parse_args(argc, argv, &o);
+    comm_init(o.comm_timeout);
+    const CommInfo *ci = comm_info();
+    int root = ci->rank == 0;   // rank 0 writes the records and the critic; the others nothing
+    if (ci->world > 1) {
+        if (strcmp(o.input, "-") == 0)
+            die(EXIT_USAGE, "with %d ranks the input must be a file (-i FILE): only rank 0 sees standard input", ci->world);
+        if (!root) o.quiet = 1;
+    }
     double beta = read_beta(&o);
     RecStore *s = recstore_read(o.input);
     if (s->n < 2) die(EXIT_BADINPUT, "%s: %zu records: the critic needs at least 2 to whiten advantages", s->path, s->n);
     if (s->n % (size_t)o.minibatches != 0)
         die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);
+    if (s->n / (size_t)o.minibatches < (size_t)ci->world)
+        die(EXIT_USAGE, "minibatches of %zu records cannot be split over %d ranks: use fewer --minibatches or fewer ranks",
+            s->n / (size_t)o.minibatches, ci->world);
     long iteration = (long)recstore_header_f64(s, "iteration", 0);
 
     Critic *c = critic_load(&o);
     int B = (int)s->n;
     SeqBatch *sb = records_seqbatch(s, NULL, B);
+    if (ci->world > 1) {
+        // every rank must start from the same critic, optimiser state, normaliser and batch
+        uint64_t h[7] = {comm_hash(c->backbone->params, c->backbone->n_params * sizeof(float)),
+                         comm_hash(c->head->params, c->head->n_params * sizeof(float)),
+                         comm_hash(c->opt_backbone->m, c->opt_backbone->n * sizeof(float)),
+                         comm_hash(c->opt_backbone->v, c->opt_backbone->n * sizeof(float)),
+                         comm_hash(c->opt_head->m, c->opt_head->n * sizeof(float)),
+                         comm_hash(&c->norm, sizeof c->norm) ^ comm_hash(&beta, sizeof beta),
+                         comm_hash(sb->tokens, (size_t)sb->B * sb->T * sizeof(int32_t))};
+        comm_check_same(h, sizeof h, "the critic, its optimiser state, the control state or the input batch");
+        if (root && !o.quiet)
+            fprintf(stderr, "safe-critic: %d ranks (%s): each values 1/%d of the batch and takes its slice of "
+                    "every minibatch of %zu records; rank 0 writes the outputs\n", ci->world, ci->source, ci->world,
+                    s->n / (size_t)o.minibatches);
+    }
     Targets tg = {0};
     compute_targets(&o, c, s, sb, beta, &tg);
 
@@ -521,13 +610,19 @@ int main(int argc, char **argv) {
     }
     progress_end(p);
 
-    critic_save(&o, c, iteration);
-    write_output(&o, s, sb, &tg, c, &cs, beta);
+    // the ranks took identical steps: check it (cheap) before rank 0 writes
+    comm_check_same(c->backbone->params, c->backbone->n_params * sizeof(float), "the updated critic backbone");
+    comm_check_same(c->head->params, c->head->n_params * sizeof(float), "the updated value heads");
+    if (root) {
+        critic_save(&o, c, iteration);
+        write_output(&o, s, sb, &tg, c, &cs, beta);
+    }
 
     free(idx);
     targets_free(&tg);
     seqbatch_free(sb);
     critic_free(c);
     recstore_free(s);
+    comm_finalize();
     return EXIT_OK;
 }

@@ -6,6 +6,12 @@
 //
 // Reads advantaged records (safe-critic's output), writes the next policy checkpoint with its
 // optimiser state, and one stats record (SAFE-SPEC §8: what this stage knows) on stdout.
+//
+// Data parallel (mpirun -np W safe-update ...): every rank reads the whole input and takes
+// records [r·B/W, (r+1)·B/W) of each minibatch of B, so minibatches are those of one rank.
+// Token means are over the minibatch's GLOBAL token count (each rank's backward gets
+// dloss = n_local / n_global), κ is a global token mean, gradients are summed over the ranks
+// before clipping, so every rank takes the identical AdamW step; rank 0 writes the outputs.
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -14,6 +20,7 @@
 
 #include "adamw.h"       // AdamW, grad_clip
 #include "checkpoint.h"  // model_load, checkpoint_save, model_tokenizer_path
+#include "comm.h"        // ranks, slices, all-reduce of gradients and statistics
 #include "common.h"      // die, xmalloc, exit codes
 #include "losses.h"      // ppo_loss_*, entropy_bonus_*, kl_estimate, epc_*
 #include "progress.h"    // progress bar on stderr
@@ -33,6 +40,7 @@ typedef struct {
     int momentum_window;
     unsigned long long seed;
     int level, quiet;
+    double comm_timeout;    // seconds a collective waits (0: $SAFE_COMM_TIMEOUT or 300)
 } Options;
 
 static void usage(FILE *f) {
@@ -68,7 +76,10 @@ static void usage(FILE *f) {
         "  --seed N               minibatch shuffling seed (0)\n"
         "  --level N              zstd level of the stats shard (3; 0 = raw)\n"
         "  --quiet                no progress on stderr\n"
-        "  --help, --version\n");
+        "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
+        "  --help, --version\n"
+        "\n"
+        "Data parallel: mpirun -np N safe-update ... (see DATA PARALLEL in the man page).\n");
 }
 
 static float parse_float(const char *opt, const char *s) {
@@ -88,7 +99,7 @@ static int parse_int(const char *opt, const char *s) {
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_POLICY = 256, O_CONTROL, O_STATS, O_ALGO, O_EPOCHS, O_MB, O_LR, O_WD, O_CLIP, O_ENT,
            O_GCLIP, O_TEMP, O_DETACH, O_KLEST, O_LAMBDA_A, O_HFLOOR, O_EPSH, O_GATEMIN, O_MOM,
-           O_LAMBDA_M, O_STEPLIM, O_SEED, O_LEVEL, O_QUIET, O_HELP, O_VERSION };
+           O_LAMBDA_M, O_STEPLIM, O_SEED, O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION };
     static const struct option longs[] = {
         {"policy", 1, 0, O_POLICY}, {"control", 1, 0, O_CONTROL}, {"input", 1, 0, 'i'},
         {"output", 1, 0, 'o'}, {"stats", 1, 0, O_STATS}, {"algo", 1, 0, O_ALGO},
@@ -98,8 +109,8 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"kl-estimator", 1, 0, O_KLEST}, {"lambda-a", 1, 0, O_LAMBDA_A}, {"h-floor", 1, 0, O_HFLOOR},
         {"eps-h", 1, 0, O_EPSH}, {"gate-min", 1, 0, O_GATEMIN}, {"momentum", 0, 0, O_MOM},
         {"lambda-m", 1, 0, O_LAMBDA_M}, {"step-limit", 1, 0, O_STEPLIM}, {"seed", 1, 0, O_SEED},
-        {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
-        {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+        {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET}, {"comm-timeout", 1, 0, O_COMMTO},
+        {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
     *o = (Options){.input = "-", .stats = "-", .algo = "safe", .epochs = 2, .minibatches = 1,
                    .lr = 1e-5f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f,
                    .adam_eps = 1e-8f, .clip_eps = 0.2f, .ent_coef = -1, .grad_clip = 1.0f,
@@ -137,8 +148,9 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
         case O_LEVEL: o->level = parse_int("level", optarg); break;
         case O_QUIET: o->quiet = 1; break;
+        case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
-        case O_VERSION: printf("safe-update %s\n", SAFE_VERSION); exit(EXIT_OK);
+        case O_VERSION: printf("safe-update %s (data parallel: %s)\n", SAFE_VERSION, comm_backend()); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
         }
     }
@@ -263,13 +275,27 @@ static void shuffle(int *idx, int n, unsigned long long seed) {
     }
 }
 
-// One optimiser step on the minibatch `rows` (n rows). Returns through st; advances trackers.
+// Sums over the ranks' slices of one minibatch (one all-reduce carries them all).
+enum { S_LOSS, S_CLIP, S_RATIO, S_ENT, S_KAPPA, S_N };
+
+// One optimiser step on the minibatch `rows` (n rows), of which this rank computes its slice
+// (comm_slice). Returns through st; advances trackers. Every rank ends with the same params.
 static void update_minibatch(const Options *o, Model *m, AdamW *opt, const RecStore *s,
                              const SeqBatch *full, const float *adv_all, const float *old_all,
-                             const float *ref_all, const int *rows, int n, double tau,
+                             const float *ref_all, const int *rows_mb, int n_mb, double tau,
                              double h_roll, double *k_short, double *k_long, UpdateStats *st) {
     int safe = strcmp(o->algo, "safe") == 0;
+    // this rank's records of the minibatch, and the minibatch's token count over all ranks
+    size_t b0, b1;
+    comm_slice((size_t)n_mb, &b0, &b1);
+    const int *rows = rows_mb + b0;
+    int n = (int)(b1 - b0);
+    size_t n_global = 0;
+    for (int i = 0; i < n_mb; i++) n_global += (size_t)full->resp_len[rows_mb[i]];
     SeqBatch *sb = records_seqbatch(s, rows, n);
+    // masked means over the local tokens, times this share, are the minibatch's global means
+    double nl = (double)sb->n_resp;
+    float share = n_global ? (float)(nl / (double)n_global) : 0.0f;
     size_t N = sb->n_resp ? sb->n_resp : 1;
     float *adv = xmalloc(N * sizeof(float)), *old = xmalloc(N * sizeof(float));
     float *ref = xmalloc(N * sizeof(float)), *logp = xmalloc(N * sizeof(float));
@@ -287,24 +313,46 @@ static void update_minibatch(const Options *o, Model *m, AdamW *opt, const RecSt
 
     // PPO clipped surrogate
     PPOStats ps = ppo_loss_forward(logp, old, adv, NULL, sb->n_resp, o->clip_eps);
-    ppo_loss_backward(logp, old, adv, NULL, sb->n_resp, o->clip_eps, 1.0f, dlogp);
+    ppo_loss_backward(logp, old, adv, NULL, sb->n_resp, o->clip_eps, share, dlogp);
     // entropy bonus
     double h_train = 0;
     entropy_bonus_forward(ent, NULL, sb->n_resp, o->ent_coef, &h_train);
-    if (o->ent_coef > 0) entropy_bonus_backward(NULL, sb->n_resp, o->ent_coef, 1.0f, dent);
+    if (o->ent_coef > 0) entropy_bonus_backward(NULL, sb->n_resp, o->ent_coef, share, dent);
+    double kappa = safe ? kl_estimate(logp, ref, NULL, sb->n_resp, o->epc.est) : 0;
+    if (comm_world() > 1) {
+        // the minibatch's statistics and κ over all ranks: sums of the local means × counts
+        double sums[S_N], ratio_max = sb->n_resp ? ps.ratio_max : 0, ng = n_global ? (double)n_global : 1.0;
+        sums[S_LOSS] = ps.loss * nl;
+        sums[S_CLIP] = round(ps.clip_frac * nl);   // a count: exact
+        sums[S_RATIO] = ps.ratio_mean * nl;
+        sums[S_ENT] = h_train * nl;
+        sums[S_KAPPA] = kappa * nl;
+        comm_allreduce_f64(sums, S_N, COMM_SUM, "minibatch statistics");
+        comm_allreduce_f64(&ratio_max, 1, COMM_MAX, "minibatch ratio max");
+        ps.loss = sums[S_LOSS] / ng;
+        ps.clip_frac = sums[S_CLIP] / ng;
+        ps.ratio_mean = sums[S_RATIO] / ng;
+        ps.ratio_max = ratio_max;
+        h_train = sums[S_ENT] / ng;
+        kappa = sums[S_KAPPA] / ng;
+    }
     // EPC: one-sided KL penalty above tau, scaled by the entropy gate, gradient through kappa
+    // (κ is the global token mean, so every rank takes the same branch and dL/dκ)
     EPCResult er = {0};
     if (safe) {
-        double kappa = kl_estimate(logp, ref, NULL, sb->n_resp, o->epc.est);
         er = epc_forward(&o->epc, kappa, *k_short, *k_long, tau, h_roll, NULL);
-        epc_backward(&o->epc, &er, logp, ref, NULL, sb->n_resp, 1.0f, dlogp);
+        epc_backward(&o->epc, &er, logp, ref, NULL, sb->n_resp, share, dlogp);
         *k_short = er.k_short;
         *k_long = er.k_long;
     }
 
-    // backward through the model, clip, step
+    // backward through the model, sum the ranks' gradients, clip, step
     model_zero_grad(m);
     seqbatch_logprobs_backward(m, sb, o->temperature, dlogp, o->ent_coef > 0 ? dent : NULL);
+    comm_allreduce_f32(m->grads, m->n_params, COMM_SUM, "policy gradients");
+    const char *gname = "policy";
+    const float *gbuf = m->grads;
+    comm_dump_grads(st->updates, 1, &gname, &gbuf, &m->n_params);
     for (size_t i = 0; i < m->n_params; i++)
         if (!isfinite(m->grads[i])) die(EXIT_RUNTIME, "non-finite policy gradient (parameter %zu): lower --lr?", i);
     double gnorm = grad_clip(m->grads, m->n_params, o->grad_clip);
@@ -320,6 +368,11 @@ static void update_minibatch(const Options *o, Model *m, AdamW *opt, const RecSt
         float *after = xmalloc(N * sizeof(float));
         seqbatch_logprobs(m, sb, o->temperature, after, NULL);
         double kl = kl_estimate(logp, after, NULL, sb->n_resp, KL_K1);
+        if (comm_world() > 1) {
+            kl *= nl;
+            comm_allreduce_f64(&kl, 1, COMM_SUM, "step-limit KL");
+            kl /= n_global ? (double)n_global : 1.0;
+        }
         scale = step_limit_scale(kl, o->step_limit);
         if (scale < 1)
             for (size_t i = 0; i < m->n_params; i++)
@@ -416,12 +469,23 @@ int main(int argc, char **argv) {
     Options o;
     parse_args(argc, argv, &o);
     double t0 = now_seconds();
+    comm_init(o.comm_timeout);
+    const CommInfo *ci = comm_info();
+    int root = ci->rank == 0;   // rank 0 writes the checkpoint and the stats; the others nothing
+    if (ci->world > 1) {
+        if (strcmp(o.input, "-") == 0)
+            die(EXIT_USAGE, "with %d ranks the input must be a file (-i FILE): only rank 0 sees standard input", ci->world);
+        if (!root) o.quiet = 1;
+    }
 
     Control ctl = read_control(o.control);
     RecStore *s = recstore_read(o.input);
     if (s->n == 0) die(EXIT_BADINPUT, "%s: no records to train on", s->path);
     if (s->n % (size_t)o.minibatches != 0)
         die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);
+    if (s->n / (size_t)o.minibatches < (size_t)ci->world)
+        die(EXIT_USAGE, "minibatches of %zu records cannot be split over %d ranks: use fewer --minibatches or fewer ranks",
+            s->n / (size_t)o.minibatches, ci->world);
     if (o.temperature == 0) o.temperature = (float)recstore_header_f64(s, "temperature", 1.0);
     if (!(o.temperature > 0)) die(EXIT_BADINPUT, "%s: header field 'temperature' must be > 0", s->path);
     long iteration = (long)recstore_header_f64(s, "iteration", ctl.iteration > 0 ? ctl.iteration : 0);
@@ -443,6 +507,18 @@ int main(int argc, char **argv) {
     float *ent = records_tokfield(s, NULL, B, full, "entropy");
     float *adv = records_tokfield(s, NULL, B, full, "adv");
     RolloutStats rs = rollout_stats(s, full, old, ref, ent);
+    if (ci->world > 1) {
+        // every rank must start from the same weights, optimiser state, control and batch
+        uint64_t h[8] = {comm_hash(m->params, m->n_params * sizeof(float)),
+                         comm_hash(opt->m, opt->n * sizeof(float)), comm_hash(opt->v, opt->n * sizeof(float)),
+                         (uint64_t)opt->step, comm_hash(&ctl, sizeof ctl),
+                         comm_hash(full->tokens, (size_t)full->B * full->T * sizeof(int32_t)),
+                         comm_hash(adv, full->n_resp * sizeof(float)), comm_hash(old, full->n_resp * sizeof(float))};
+        comm_check_same(h, sizeof h, "the policy, optimiser state, control state or input batch");
+        if (root && !o.quiet)
+            fprintf(stderr, "safe-update: %d ranks (%s): each takes its slice of every minibatch of %d records; "
+                    "rank 0 writes the outputs\n", ci->world, ci->source, B / o.minibatches);
+    }
 
     UpdateStats us = {.step_scale_min = 1};
     double k_short = ctl.k_short, k_long = ctl.k_long;
@@ -462,13 +538,18 @@ int main(int argc, char **argv) {
     us.k_short = strcmp(o.algo, "safe") == 0 ? k_short : ctl.k_short;
     us.k_long = strcmp(o.algo, "safe") == 0 ? k_long : ctl.k_long;
 
-    save_policy(&o, m, opt, iteration);
-    write_stats(&o, s, &ctl, &rs, &us, now_seconds() - t0);
+    // the ranks took identical steps: check it (cheap) before rank 0 writes
+    comm_check_same(m->params, m->n_params * sizeof(float), "the updated policy");
+    if (root) {
+        save_policy(&o, m, opt, iteration);
+        write_stats(&o, s, &ctl, &rs, &us, now_seconds() - t0);
+    }
 
     free(idx); free(old); free(ref); free(ent); free(adv);
     seqbatch_free(full);
     adamw_free(opt);
     model_free(m);
     recstore_free(s);
+    comm_finalize();
     return EXIT_OK;
 }

@@ -1,0 +1,411 @@
+// comm.c — ranks from MPI, Slurm or the environment; collectives on CPU buffers over MPI,
+// each one non-blocking and polled against a deadline (see comm.h).
+//
+// Built with -DSAFE_MPI (and mpicc's include flags) when the Makefile finds mpicc; without
+// it only world size 1 has a transport, and the tools run as before.
+#include "comm.h"
+
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef SAFE_MPI
+#include <mpi.h>
+#endif
+
+#include "common.h"       // die, xmalloc, now_seconds, die_set_hook
+#include "safetensors.h"  // safetensors_write, for comm_dump_grads
+
+static CommInfo info = {.rank = 0, .world = 1, .local_rank = 0, .local_world = 1,
+                        .source = "single", .mpi = 0, .timeout = COMM_DEFAULT_TIMEOUT};
+static int inited, finalized;
+static int hooks_checked;     // the SAFE_TEST_* hooks run once, before the first collective
+
+const CommInfo *comm_info(void) { return &info; }
+int comm_rank(void) { return info.rank; }
+int comm_world(void) { return info.world; }
+
+const char *comm_backend(void) {
+#ifdef SAFE_MPI
+    return "MPI";
+#else
+    return "none";
+#endif
+}
+
+double comm_parse_timeout(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == 0 || *end != 0 || !(v > 0) || v > 1e9)
+        die(EXIT_USAGE, "--comm-timeout needs a number of seconds > 0, got '%s'", s);
+    return v;
+}
+
+// Integer environment variable: 1 and *out when set, 0 when unset; dies when malformed.
+static int env_int(const char *name, int *out) {
+    const char *s = getenv(name);
+    if (!s || !*s) return 0;
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end != 0 || v < 0 || v > INT_MAX) die(EXIT_USAGE, "environment variable %s=%s is not a count or index", name, s);
+    *out = (int)v;
+    return 1;
+}
+
+// The variable an MPI launcher set, or NULL: Open MPI's mpirun, PMIx (Open MPI 5, srun
+// --mpi=pmix), PMI-1/2 (MPICH/Hydra, srun --mpi=pmi2), MVAPICH.
+static const char *mpi_launcher_var(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK",
+                                 "MV2_COMM_WORLD_SIZE", NULL};
+    for (int i = 0; vars[i]; i++)
+        if (getenv(vars[i])) return vars[i];
+    return NULL;
+}
+
+#ifdef SAFE_MPI
+static int dying_code;        // the status die() was called with (0: none)
+static void on_die(int code) { dying_code = code; }
+
+// Exit without comm_finalize (die() on any rank, or a stray exit()): the other exit handlers
+// registered later (temporary files, checkpoint directories) have already run, since atexit
+// handlers run in reverse order; now take every rank down rather than leave them waiting.
+static void on_exit_abort(void) {
+    int fin = 0;
+    if (!info.mpi || finalized || MPI_Finalized(&fin) != MPI_SUCCESS || fin) return;
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, dying_code ? dying_code : EXIT_RUNTIME);
+}
+
+static void mpi_die(int rc, const char *kind, const char *what) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "MPI error %d", rc);
+    die(EXIT_RUNTIME, "rank %d: collective %s (%s) failed: %s", info.rank, kind, what, msg);
+}
+
+static void mpi_start(const char *var) {
+    int provided = 0, rc;
+    // funneled: OpenMP threads compute, only the main thread calls MPI
+    rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+    if (rc != MPI_SUCCESS) die(EXIT_RUNTIME, "MPI_Init failed (launched by an MPI launcher: %s is set)", var);
+    info.mpi = 1;
+    die_set_hook(on_die);
+    atexit(on_exit_abort);
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &info.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &info.world);
+    // ranks on this machine: the shared-memory split of the world
+    MPI_Comm node;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, info.rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+        MPI_Comm_rank(node, &info.local_rank);
+        MPI_Comm_size(node, &info.local_world);
+        MPI_Comm_free(&node);
+    }
+    info.source = "mpi";
+}
+#endif
+
+void comm_init(double timeout_s) {
+    if (inited) return;
+    inited = 1;
+    info.timeout = COMM_DEFAULT_TIMEOUT;
+    const char *t = getenv("SAFE_COMM_TIMEOUT");
+    if (t && *t) {
+        char *end;
+        double v = strtod(t, &end);
+        if (*end != 0 || !(v > 0)) die(EXIT_USAGE, "SAFE_COMM_TIMEOUT=%s: needs a number of seconds > 0", t);
+        info.timeout = v;
+    }
+    if (timeout_s > 0) info.timeout = timeout_s;
+
+    int rank = 0, world = 1, local = 0, steps = 0;
+    const char *var = mpi_launcher_var();
+    if (var) {
+#ifdef SAFE_MPI
+        mpi_start(var);
+        if (env_int("SLURM_STEP_NUM_TASKS", &steps) && steps != info.world)
+            die(EXIT_USAGE, "MPI sees %d ranks but srun started %d tasks: give srun an MPI plugin "
+                "(srun --mpi=pmix) or use mpirun", info.world, steps);
+        return;
+#else
+        int n = 1;
+        if ((env_int("OMPI_COMM_WORLD_SIZE", &n) || env_int("PMI_SIZE", &n)) && n > 1)
+            die(EXIT_USAGE, "started by an MPI launcher with %d ranks (%s is set), but this build has no "
+                "MPI: install libopenmpi-dev openmpi-bin and rebuild (make MPI=1)", n, var);
+        return;   // one rank under mpirun -np 1: nothing to share
+#endif
+    }
+    // An srun task: only srun sets SLURM_STEP_NUM_TASKS (a batch script's own shell also has
+    // SLURM_PROCID=0 and the job's SLURM_NTASKS, and must stay a single rank).
+    if (env_int("SLURM_STEP_NUM_TASKS", &steps) && env_int("SLURM_PROCID", &rank) &&
+        env_int("SLURM_NTASKS", &world)) {
+        env_int("SLURM_LOCALID", &local);
+        info.source = "slurm";
+    } else if (env_int("WORLD_SIZE", &world)) {
+        if (!env_int("RANK", &rank)) die(EXIT_USAGE, "WORLD_SIZE is set but RANK is not: set both (and LOCAL_RANK)");
+        env_int("LOCAL_RANK", &local);
+        info.source = "env";
+    } else {
+        return;   // world 1
+    }
+    if (world < 1 || rank >= world)
+        die(EXIT_USAGE, "rank %d is not below the world size %d (from %s)", rank, world,
+            strcmp(info.source, "slurm") == 0 ? "SLURM_PROCID/SLURM_NTASKS" : "RANK/WORLD_SIZE");
+    info.rank = rank;
+    info.world = world;
+    info.local_rank = local;
+    info.local_world = 0;   // unknown without a launcher that says
+}
+
+void comm_finalize(void) {
+    if (finalized) return;
+#ifdef SAFE_MPI
+    if (info.mpi) {
+        comm_barrier("finalize");
+        finalized = 1;
+        MPI_Finalize();
+    }
+#endif
+    finalized = 1;
+}
+
+void comm_slice(size_t n, size_t *begin, size_t *end) {
+    size_t W = (size_t)info.world, r = (size_t)info.rank;
+    *begin = r * n / W;
+    *end = (r + 1) * n / W;
+}
+
+uint64_t comm_hash(const void *buf, size_t bytes) {
+    // FNV-1a over 8-byte words (then the tail bytes): fast enough for a parameter buffer
+    const unsigned char *p = buf;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    for (; i < bytes; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+// Before every collective: 0 when there is nothing to do (one rank), 1 to go ahead. Dies
+// when world > 1 has no transport; runs the test hooks before the first collective.
+static int collective_begin(const char *kind, const char *what) {
+    if (info.world == 1) return 0;
+    if (!info.mpi)
+        die(EXIT_USAGE, "rank %d: collective %s (%s) on CPU buffers needs MPI, but the %d ranks come from %s "
+            "without an MPI launcher: start them with mpirun -np %d (or srun --mpi=pmix)%s", info.rank, kind,
+            what, info.world, strcmp(info.source, "slurm") == 0 ? "srun" : "RANK/WORLD_SIZE", info.world,
+            strcmp(comm_backend(), "none") == 0 ? " in a build with MPI (make MPI=1)" : "");
+    if (!hooks_checked) {
+        hooks_checked = 1;
+        int r;
+        if (env_int("SAFE_TEST_KILL_RANK", &r) && r == info.rank) {
+            fprintf(stderr, "%s: rank %d: SAFE_TEST_KILL_RANK: killing myself (SIGKILL) before collective %s\n",
+                    safe_progname, info.rank, kind);
+            raise(SIGKILL);
+        }
+        if (env_int("SAFE_TEST_STALL_RANK", &r) && r == info.rank) {
+            fprintf(stderr, "%s: rank %d: SAFE_TEST_STALL_RANK: stalling forever before collective %s\n",
+                    safe_progname, info.rank, kind);
+            for (;;) pause();
+        }
+    }
+    return 1;
+}
+
+#ifdef SAFE_MPI
+// Poll one request until it completes or the deadline passes. Yield first (a peer may need
+// this core: ranks often outnumber cores in tests), then sleep 0.2 ms between polls.
+static void comm_wait(MPI_Request *req, const char *kind, const char *what) {
+    double t0 = now_seconds();
+    long polls = 0;
+    for (;;) {
+        int done = 0, rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) mpi_die(rc, kind, what);
+        if (done) return;
+        if (now_seconds() - t0 > info.timeout)
+            die(EXIT_RUNTIME, "rank %d: collective %s (%s) timed out after %g s: a peer rank probably died "
+                "(if one is only slow, raise --comm-timeout or SAFE_COMM_TIMEOUT)", info.rank, kind, what,
+                info.timeout);
+        if (++polls < 2000) {
+            sched_yield();
+        } else {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+#define CHECK_MPI(call, kind, what) do { int rc_ = (call); if (rc_ != MPI_SUCCESS) mpi_die(rc_, kind, what); } while (0)
+
+// Elements per chunk of the big collectives: MPI counts are int, and the double scratch of
+// the float sums stays at 8 MiB.
+#define COMM_CHUNK ((size_t)1 << 20)
+
+static MPI_Op mpi_op(CommOp op) {
+    return op == COMM_MAX ? MPI_MAX : op == COMM_MIN ? MPI_MIN : MPI_SUM;
+}
+#endif
+
+// x (n): sums and averages in double at rank 0, then the floats broadcast; max/min exact.
+void comm_allreduce_f32(float *x, size_t n, CommOp op, const char *what) {
+    if (!collective_begin("allreduce", what) || n == 0) return;
+#ifdef SAFE_MPI
+    if (op == COMM_MAX || op == COMM_MIN) {
+        for (size_t off = 0; off < n; off += COMM_CHUNK) {
+            int m = (int)(n - off < COMM_CHUNK ? n - off : COMM_CHUNK);
+            MPI_Request req;
+            CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, x + off, m, MPI_FLOAT, mpi_op(op), MPI_COMM_WORLD, &req), "allreduce", what);
+            comm_wait(&req, "allreduce", what);
+        }
+        return;
+    }
+    size_t cap = n < COMM_CHUNK ? n : COMM_CHUNK;
+    double *d = xmalloc(cap * sizeof(double));
+    for (size_t off = 0; off < n; off += COMM_CHUNK) {
+        int m = (int)(n - off < COMM_CHUNK ? n - off : COMM_CHUNK);
+        for (int i = 0; i < m; i++) d[i] = x[off + i];
+        // sum in double at rank 0: one reduction order for every element, whatever MPI picks
+        MPI_Request req;
+        if (info.rank == 0)
+            CHECK_MPI(MPI_Ireduce(MPI_IN_PLACE, d, m, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD, &req), "allreduce", what);
+        else
+            CHECK_MPI(MPI_Ireduce(d, NULL, m, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD, &req), "allreduce", what);
+        comm_wait(&req, "allreduce", what);
+        if (info.rank == 0)
+            for (int i = 0; i < m; i++) x[off + i] = (float)(op == COMM_AVG ? d[i] / info.world : d[i]);
+        // then every rank takes rank 0's rounded floats: bit-identical everywhere
+        CHECK_MPI(MPI_Ibcast(x + off, m, MPI_FLOAT, 0, MPI_COMM_WORLD, &req), "allreduce", what);
+        comm_wait(&req, "allreduce", what);
+    }
+    free(d);
+#else
+    (void)x; (void)op;
+#endif
+}
+
+// x (n) doubles: the same scheme (reduce at rank 0, broadcast) for sums; max/min exact.
+void comm_allreduce_f64(double *x, size_t n, CommOp op, const char *what) {
+    if (!collective_begin("allreduce", what) || n == 0) return;
+#ifdef SAFE_MPI
+    for (size_t off = 0; off < n; off += COMM_CHUNK) {
+        int m = (int)(n - off < COMM_CHUNK ? n - off : COMM_CHUNK);
+        MPI_Request req;
+        if (op == COMM_MAX || op == COMM_MIN) {
+            CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, x + off, m, MPI_DOUBLE, mpi_op(op), MPI_COMM_WORLD, &req), "allreduce", what);
+            comm_wait(&req, "allreduce", what);
+            continue;
+        }
+        if (info.rank == 0)
+            CHECK_MPI(MPI_Ireduce(MPI_IN_PLACE, x + off, m, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD, &req), "allreduce", what);
+        else
+            CHECK_MPI(MPI_Ireduce(x + off, NULL, m, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD, &req), "allreduce", what);
+        comm_wait(&req, "allreduce", what);
+        if (info.rank == 0 && op == COMM_AVG)
+            for (int i = 0; i < m; i++) x[off + i] /= info.world;
+        CHECK_MPI(MPI_Ibcast(x + off, m, MPI_DOUBLE, 0, MPI_COMM_WORLD, &req), "allreduce", what);
+        comm_wait(&req, "allreduce", what);
+    }
+#else
+    (void)x; (void)op;
+#endif
+}
+
+size_t comm_allgatherv_f32(const float *mine, size_t n_mine, float *all, size_t all_cap, const char *what) {
+    if (!collective_begin("allgather", what)) {
+        if (n_mine > all_cap) die(EXIT_RUNTIME, "internal error: allgather (%s) of %zu floats into %zu", what, n_mine, all_cap);
+        if (n_mine) memmove(all, mine, n_mine * sizeof(float));
+        return n_mine;
+    }
+#ifdef SAFE_MPI
+    // every rank's count first, then the parts at their offsets in rank order
+    int W = info.world;
+    int64_t mine64 = (int64_t)n_mine, *counts64 = xmalloc(W * sizeof(int64_t));
+    MPI_Request req;
+    CHECK_MPI(MPI_Iallgather(&mine64, 1, MPI_INT64_T, counts64, 1, MPI_INT64_T, MPI_COMM_WORLD, &req), "allgather", what);
+    comm_wait(&req, "allgather", what);
+    int *counts = xmalloc(W * sizeof(int)), *displs = xmalloc(W * sizeof(int));
+    int64_t total = 0;
+    for (int r = 0; r < W; r++) {
+        if (total + counts64[r] > INT_MAX)
+            die(EXIT_RUNTIME, "rank %d: allgather (%s): %lld floats in all is more than one MPI call carries",
+                info.rank, what, (long long)(total + counts64[r]));
+        counts[r] = (int)counts64[r];
+        displs[r] = (int)total;
+        total += counts64[r];
+    }
+    if ((size_t)total > all_cap)
+        die(EXIT_RUNTIME, "internal error: allgather (%s) of %lld floats into %zu", what, (long long)total, all_cap);
+    CHECK_MPI(MPI_Iallgatherv(mine, (int)n_mine, MPI_FLOAT, all, counts, displs, MPI_FLOAT, MPI_COMM_WORLD, &req),
+              "allgather", what);
+    comm_wait(&req, "allgather", what);
+    free(counts64);
+    free(counts);
+    free(displs);
+    return (size_t)total;
+#else
+    (void)mine; (void)all; (void)all_cap;
+    return 0;
+#endif
+}
+
+void comm_bcast(void *buf, size_t bytes, int root, const char *what) {
+    if (!collective_begin("broadcast", what) || bytes == 0) return;
+#ifdef SAFE_MPI
+    char *p = buf;
+    for (size_t off = 0; off < bytes; off += (size_t)1 << 30) {
+        int m = (int)(bytes - off < ((size_t)1 << 30) ? bytes - off : ((size_t)1 << 30));
+        MPI_Request req;
+        CHECK_MPI(MPI_Ibcast(p + off, m, MPI_BYTE, root, MPI_COMM_WORLD, &req), "broadcast", what);
+        comm_wait(&req, "broadcast", what);
+    }
+#else
+    (void)buf; (void)root;
+#endif
+}
+
+void comm_barrier(const char *what) {
+    if (!collective_begin("barrier", what)) return;
+#ifdef SAFE_MPI
+    MPI_Request req;
+    CHECK_MPI(MPI_Ibarrier(MPI_COMM_WORLD, &req), "barrier", what);
+    comm_wait(&req, "barrier", what);
+#endif
+}
+
+void comm_check_same(const void *buf, size_t bytes, const char *what) {
+    if (info.world == 1) return;
+    // max of h and of ~h: equal on every rank iff every rank's h is the same
+    uint64_t h = comm_hash(buf, bytes);
+    double mine[2], got[2];
+    // compare as two 32-bit halves in doubles (exact), so one f64 max-reduction carries them
+    mine[0] = (double)(h >> 32);
+    mine[1] = (double)(h & 0xffffffffULL);
+    double both[4] = {mine[0], mine[1], -mine[0], -mine[1]};
+    comm_allreduce_f64(both, 4, COMM_MAX, what);
+    got[0] = both[0];
+    got[1] = both[1];
+    if (got[0] != mine[0] || got[1] != mine[1] || -both[2] != mine[0] || -both[3] != mine[1])
+        die(EXIT_RUNTIME, "rank %d: %s differs between ranks: every rank must read the same files (a shared "
+            "filesystem) and run the same build", info.rank, what);
+}
+
+void comm_dump_grads(int step, int n, const char *const *names, const float *const *bufs, const size_t *lens) {
+    const char *dir = getenv("SAFE_DUMP_GRADS");
+    if (!dir || !*dir || info.rank != 0) return;
+    StTensor *t = xcalloc(n, sizeof(StTensor));
+    for (int i = 0; i < n; i++)
+        t[i] = (StTensor){.name = names[i], .data = bufs[i], .ndim = 1, .shape = {(int64_t)lens[i]}};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s-step-%04d.safetensors", dir, safe_progname, step);
+    safetensors_write(path, t, n, NULL, NULL, 0);
+    free(t);
+}

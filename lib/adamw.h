@@ -15,7 +15,19 @@ typedef struct {
     long step;        // optimiser steps taken so far
 } AdamW;
 
-AdamWConfig adamw_defaults(void);   // lr 1e-5, betas 0.9/0.999, eps 1e-8, wd 0.01
+// The constants of one step (step t counted from 1), computed in double and rounded to float
+// exactly as adamw_step uses them; the CUDA optimiser (kernels/adamw.cu) takes the same
+// struct, so both devices apply the same arithmetic.
+typedef struct {
+    float decay;      // 1 - lr*wd
+    float b1, one_b1, b2, one_b2;
+    float bc2_sqrt;   // sqrt(1 - b2^t)
+    float eps;
+    float neg_step;   // -lr / (1 - b1^t)
+} AdamWScalars;
+
+AdamWConfig adamw_defaults(void);
+AdamWScalars adamw_scalars(const AdamWConfig *c, long step);   // lr 1e-5, betas 0.9/0.999, eps 1e-8, wd 0.01
 AdamW *adamw_create(size_t n, AdamWConfig cfg);
 void adamw_free(AdamW *opt);
 // One step: bias-corrected moments, decoupled weight decay (p -= lr*wd*p), eps outside sqrt.

@@ -2,6 +2,7 @@
 #include "checkpoint.h"
 
 #include "common.h"       // die, warn, xmalloc, exit codes
+#include "gguf.h"         // gguf_open, gguf_load_model, gguf_write_meta_subset for .gguf models
 #include "llama2c.h"      // llama2c_load for .bin files
 
 #include <dirent.h>
@@ -195,6 +196,89 @@ static void save_optimizer(const char *path, const AdamW *opt) {
     safetensors_write(path, t, 2, keys, v, 6);
 }
 
+// ---- the tokenizer that travels with a checkpoint ----
+// tokenizer.json (HF): copied with its companions from the same folder, so transformers
+// loads the directory as it loaded the source. tokenizer.bin (llama2.c): copied. A GGUF model:
+// its tokenizer.* metadata as a small tokenizer-only GGUF, tokenizer.gguf (tokenizer_load
+// reads it like the model file; transformers cannot: convert with safe-convert for that).
+static const char *const HF_TOKENIZER_COMPANIONS[] = {
+    "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "chat_template.jinja", "tokenizer.model",
+};
+
+static int has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+static char *dir_of(const char *path) {
+    char *dir = xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash[slash == dir ? 1 : 0] = '\0';
+    else strcpy(dir, ".");
+    return dir;
+}
+
+static void save_tokenizer(const char *dir, const char *tok) {
+    char *p;
+    if (gguf_is_gguf_file(tok)) {
+        Gguf *g = gguf_open(tok);
+        const char *prefixes[1] = {"tokenizer."};
+        p = path_join(dir, "tokenizer.gguf");
+        gguf_write_meta_subset(g, p, prefixes, 1);
+        free(p);
+        gguf_close(g);
+    } else if (has_suffix(tok, ".json")) {
+        p = path_join(dir, "tokenizer.json");
+        copy_file(tok, p);
+        free(p);
+        char *src = dir_of(tok);
+        for (size_t i = 0; i < sizeof HF_TOKENIZER_COMPANIONS / sizeof *HF_TOKENIZER_COMPANIONS; i++) {
+            char *from = path_join(src, HF_TOKENIZER_COMPANIONS[i]);
+            if (exists(from)) {
+                p = path_join(dir, HF_TOKENIZER_COMPANIONS[i]);
+                copy_file(from, p);
+                free(p);
+            }
+            free(from);
+        }
+        free(src);
+    } else {
+        p = path_join(dir, "tokenizer.bin");
+        copy_file(tok, p);
+        free(p);
+    }
+}
+
+// bos/eos/pad ids for config.json when the caller gave none: from the source model's
+// config.json (HF tokenizer.json beside it) or the GGUF metadata.
+static void add_token_ids(json_t *cfg, const CheckpointParts *parts) {
+    static const char *const keys[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+    const char *tok = parts->tokenizer_path;
+    if (gguf_is_gguf_file(tok)) {
+        static const char *const gkeys[3] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                                             "tokenizer.ggml.padding_token_id"};
+        Gguf *g = gguf_open(tok);
+        for (int i = 0; i < 3; i++) {
+            uint32_t v;
+            if (!json_object_get(cfg, keys[i]) && gguf_get_u32(g, gkeys[i], &v))
+                json_object_set_new(cfg, keys[i], json_integer(v));
+        }
+        gguf_close(g);
+    } else if (has_suffix(tok, ".json")) {
+        char *src = dir_of(tok), *cj = path_join(src, "config.json");
+        json_t *j = exists(cj) ? json_load_file(cj, 0, NULL) : NULL;
+        for (int i = 0; j && i < 3; i++) {
+            json_t *v = json_object_get(j, keys[i]);
+            if (v && !json_object_get(cfg, keys[i]) && (json_is_integer(v) || json_is_array(v)))
+                json_object_set(cfg, keys[i], v);
+        }
+        json_decref(j);
+        free(cj);
+        free(src);
+    }
+}
+
 void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *parts) {
     // strip trailing slashes: "ck/" and "ck" name the same directory
     char *final = xstrdup(dir);
@@ -213,6 +297,7 @@ void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *par
 
     // config.json: floats with 9 significant digits (float32 round-trips, 1e-05 stays 1e-05)
     json_t *cfg = config_json(&m->cfg, parts);
+    if (parts && parts->tokenizer_path) add_token_ids(cfg, parts);
     char *p = path_join(tmp, "config.json");
     dump_json(cfg, p, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
     json_decref(cfg);
@@ -229,11 +314,7 @@ void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *par
     free(t);
 
     if (parts) {
-        if (parts->tokenizer_path) {
-            p = path_join(tmp, "tokenizer.bin");
-            copy_file(parts->tokenizer_path, p);
-            free(p);
-        }
+        if (parts->tokenizer_path) save_tokenizer(tmp, parts->tokenizer_path);
         if (parts->opt) {
             if (parts->opt->n != m->n_params)
                 warn("saving optimizer state of %zu values with a model of %zu parameters", parts->opt->n, m->n_params);
@@ -342,8 +423,20 @@ ModelConfig checkpoint_read_config(const char *dir) {
     if (cfg_bool(j, path, "mlp_bias", 0)) die(EXIT_BADINPUT, "%s: mlp_bias true is not supported", path);
     const char *act = json_string_value(json_object_get(j, "hidden_act"));
     if (act && strcmp(act, "silu") != 0) die(EXIT_BADINPUT, "%s: hidden_act \"%s\" is not supported (silu is)", path, act);
+    // rope_scaling: null or {"rope_type": "default"} is plain RoPE; every scaled variant would
+    // silently change the positions' angles, so it is refused by name
     json_t *rs = json_object_get(j, "rope_scaling");
-    if (rs && !json_is_null(rs)) die(EXIT_BADINPUT, "%s: rope_scaling is not supported (only plain RoPE with rope_theta)", path);
+    if (rs && !json_is_null(rs)) {
+        const char *rt = json_string_value(json_object_get(rs, "rope_type"));
+        if (!rt) rt = json_string_value(json_object_get(rs, "type"));
+        if (!rt || strcmp(rt, "default") != 0)
+            die(EXIT_BADINPUT, "%s: rope_scaling type \"%s\" is not implemented (only plain RoPE with rope_theta)\n"
+                "  hint: Llama 3.1+ (\"llama3\"), linear, dynamic and YaRN scaling change the position angles; "
+                "use a model without rope_scaling", path, rt ? rt : "?");
+    }
+    const char *arch = json_string_value(json_array_get(json_object_get(j, "architectures"), 0));
+    if (arch && !strstr(arch, "ForCausalLM") && !strstr(arch, "ForSequenceClassification"))
+        warn("%s: architectures[0] is \"%s\"; loading the Llama/Qwen2 backbone of it", path, arch);
     if (c.n_heads > 0) {
         long hd = cfg_int(j, path, "head_dim", 0, c.dim / c.n_heads);
         if (hd != c.dim / c.n_heads)
@@ -406,11 +499,26 @@ static void stset_close(StSet *s) {
     free(s->f);
 }
 
-Model *checkpoint_load_model(const char *dir) {
+// The model of `dir`. backbone: the checkpoint need not have an LM head (a reward model's
+// *ForSequenceClassification); the Model is then built tied (lm_head = the embeddings).
+// A missing lm_head.weight is also accepted, with a warning, when config.json names a
+// *ForSequenceClassification architecture (a critic initialised from a reward model).
+static Model *load_model(const char *dir, int backbone) {
     ModelConfig c = checkpoint_read_config(dir);
     StSet s = stset_open(dir);
     if (stset_find(&s, "model.layers.0.self_attn.o_proj.bias"))
         die(EXIT_BADINPUT, "%s: the model has an o_proj bias, which is not supported", dir);
+    if (!c.tied && !stset_find(&s, "lm_head.weight")) {
+        char *cp = path_join(dir, "config.json");
+        json_t *j = load_json(cp);
+        const char *arch = json_string_value(json_array_get(json_object_get(j, "architectures"), 0));
+        int seqcls = arch && strstr(arch, "ForSequenceClassification");
+        if (seqcls && !backbone)
+            warn("%s is a %s without an LM head: using the token embeddings as the head", dir, arch);
+        if (seqcls || backbone) c.tied = 1;
+        json_decref(j);
+        free(cp);
+    }
     Model *m = model_create(&c);
     StTensor *t = xmalloc((size_t)checkpoint_tensor_count(&c) * sizeof(StTensor));
     int n = checkpoint_model_tensors(m, t);
@@ -426,6 +534,30 @@ Model *checkpoint_load_model(const char *dir) {
     free(t);
     stset_close(&s);
     return m;
+}
+
+Model *checkpoint_load_model(const char *dir) { return load_model(dir, 0); }
+Model *checkpoint_load_backbone(const char *dir) { return load_model(dir, 1); }
+
+int checkpoint_read_tensor(const char *dir, const char *name, float *dst, int ndim, const int64_t *shape) {
+    StSet s = stset_open(dir);
+    const SafeTensors *f = stset_find(&s, name);
+    if (f) safetensors_read_f32(f, name, dst, ndim, shape, 0);
+    stset_close(&s);
+    return f != NULL;
+}
+
+int checkpoint_tensor_shape(const char *dir, const char *name, int64_t *shape) {
+    StSet s = stset_open(dir);
+    const SafeTensors *f = stset_find(&s, name);
+    int nd = -1;
+    if (f) {
+        const StEntry *e = safetensors_find(f, name);
+        nd = e->ndim;
+        for (int i = 0; i < nd; i++) shape[i] = e->shape[i];
+    }
+    stset_close(&s);
+    return nd;
 }
 
 int checkpoint_load_optimizer(const char *dir, AdamW *opt) {
@@ -477,8 +609,12 @@ Model *model_load(const char *path) {
     char magic[4] = {0};
     size_t got = fread(magic, 1, 4, f);
     fclose(f);
-    if (got == 4 && !memcmp(magic, "GGUF", 4))
-        die(EXIT_BADINPUT, "%s: GGUF models are not read by this build\n  hint: convert it to a checkpoint directory", path);
+    if (got == 4 && !memcmp(magic, "GGUF", 4)) {
+        Gguf *g = gguf_open(path);
+        Model *m = gguf_load_model(g);
+        gguf_close(g);
+        return m;
+    }
     return llama2c_load(path);
 }
 
@@ -504,11 +640,16 @@ static long count_tokens(const char *path) {
 
 char *model_tokenizer_path(const char *model_path) {
     if (is_dir(model_path)) {
-        char *p = path_join(model_path, "tokenizer.bin");
-        if (!exists(p))
-            die(EXIT_BADINPUT, "%s has no tokenizer.bin\n  hint: pass --tokenizer FILE (a llama2.c tokenizer.bin)", model_path);
-        return p;
+        static const char *const names[3] = {"tokenizer.json", "tokenizer.bin", "tokenizer.gguf"};
+        for (int i = 0; i < 3; i++) {
+            char *p = path_join(model_path, names[i]);
+            if (exists(p)) return p;
+            free(p);
+        }
+        die(EXIT_BADINPUT, "%s has no tokenizer.json, tokenizer.bin or tokenizer.gguf\n"
+            "  hint: pass --tokenizer FILE (tokenizer.json, a llama2.c tokenizer.bin or a .gguf)", model_path);
     }
+    if (gguf_is_gguf_file(model_path)) return xstrdup(model_path);   // the tokenizer is in its metadata
     // vocabulary size from the llama2.c header
     FILE *f = fopen(model_path, "rb");
     int32_t h[7];

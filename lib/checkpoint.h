@@ -2,7 +2,10 @@
 //
 //   DIR/config.json              LlamaForCausalLM (or Qwen2ForCausalLM when q/k/v have biases)
 //   DIR/model.safetensors        F32, HF tensor names (model.layers.N.self_attn.q_proj.weight...)
-//   DIR/tokenizer.bin            copy of the llama2.c tokenizer: the checkpoint is self-contained
+//   DIR/tokenizer.json           the source's HF tokenizer, copied with tokenizer_config.json,
+//                                special_tokens_map.json, generation_config.json (when present)
+//   DIR/tokenizer.bin            or: copy of the llama2.c tokenizer
+//   DIR/tokenizer.gguf           or: a GGUF model's tokenizer.* metadata (no tensors)
 //   DIR/optimizer.safetensors    optional: AdamW exp_avg, exp_avg_sq (flat, n_params); step and
 //                                hyper-parameters in __metadata__
 //   DIR/trainer_state.json       optional: the caller's JSON object (step, RNG seed/counter, ...)
@@ -12,8 +15,10 @@
 // DIR is renamed away first and removed after the new one is in place, so a killed process
 // never leaves a half-written checkpoint under the final name.
 //
-// model_load() takes a llama2.c .bin file or a checkpoint directory (also HF model
-// directories: F32/F16/BF16 safetensors, single or sharded with model.safetensors.index.json).
+// model_load() takes a llama2.c .bin file, a GGUF file (gguf.h) or a checkpoint directory (also
+// HF model directories: config.json of LlamaForCausalLM / Qwen2ForCausalLM (or their
+// *ForSequenceClassification), F32/F16/BF16 safetensors, memory-mapped, single or sharded
+// with model.safetensors.index.json).
 // Every loading error exits with status 2 and names the file (and tensor).
 #ifndef SAFE_CHECKPOINT_H
 #define SAFE_CHECKPOINT_H
@@ -32,8 +37,9 @@ typedef struct {
 } TensorGroup;
 
 typedef struct {
-    const char *tokenizer_path;  // copied to DIR/tokenizer.bin; NULL: no tokenizer
-    int bos_id, eos_id;          // written to config.json; < 0: omitted
+    const char *tokenizer_path;  // tokenizer.json / tokenizer.bin / .gguf (see above); NULL: none
+    int bos_id, eos_id;          // written to config.json; < 0: taken from the tokenizer's
+                                 // source (its config.json or GGUF metadata) when it has them
     const AdamW *opt;            // optimizer.safetensors; NULL: none
     json_t *trainer_state;       // trainer_state.json (borrowed; any JSON object); NULL: none
     const TensorGroup *groups;   // (n_groups) extra tensor files
@@ -50,6 +56,14 @@ int checkpoint_is_dir(const char *path);
 // file and key on missing or unsupported settings.
 ModelConfig checkpoint_read_config(const char *dir);
 Model *checkpoint_load_model(const char *dir);
+// The backbone of a checkpoint that may lack an LM head (a *ForSequenceClassification reward
+// model): built tied, so m->w.lm_head aliases the embeddings.
+Model *checkpoint_load_backbone(const char *dir);
+// Read one more tensor of the model's safetensors (single or sharded) into dst as float32,
+// checking the shape: 1 = read, 0 = no such tensor. checkpoint_tensor_shape: its ndim and
+// shape (ST_MAX_DIMS entries), -1 when absent.
+int checkpoint_read_tensor(const char *dir, const char *name, float *dst, int ndim, const int64_t *shape);
+int checkpoint_tensor_shape(const char *dir, const char *name, int64_t *shape);
 // Restore optimizer moments and step into opt (opt->n must match). 1 = loaded, 0 = no file.
 int checkpoint_load_optimizer(const char *dir, AdamW *opt);
 // trainer_state.json as a new reference (caller json_decref's), or NULL when absent.
@@ -63,11 +77,13 @@ int checkpoint_load_group(const char *dir, const char *name, const StTensor *t, 
 int checkpoint_tensor_count(const ModelConfig *cfg);
 int checkpoint_model_tensors(const Model *m, StTensor *out);
 
-// A llama2.c .bin file or a checkpoint directory.
+// A llama2.c .bin file, a .gguf file or a checkpoint directory.
 Model *model_load(const char *path);
-// The tokenizer that goes with a model: DIR/tokenizer.bin for a directory; for a .bin file the
-// tok*.bin beside it whose token count matches the model. malloc'd path; dies (exit 2) with a
-// hint to pass --tokenizer when there is none or several.
+// The tokenizer that goes with a model: for a directory DIR/tokenizer.json, else
+// DIR/tokenizer.bin, else DIR/tokenizer.gguf; for a GGUF file the file itself (its metadata
+// holds the tokenizer); for a llama2.c .bin file the tok*.bin beside it whose token count
+// matches the model. malloc'd path; dies (exit 2) with a hint to pass --tokenizer when there
+// is none or several.
 char *model_tokenizer_path(const char *model_path);
 
 #endif

@@ -6,6 +6,7 @@
 #include "comm.h"
 
 #include <limits.h>
+#include <omp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -108,7 +109,20 @@ static void mpi_start(const char *var) {
     }
     info.source = "mpi";
 }
+
+// Several ranks on one machine, OMP_NUM_THREADS unset, and a launcher that did not bind them
+// (each one's affinity mask is the whole machine): give each rank its share of the cores
+// rather than W times as many threads as there are cores. A bound rank already gets the
+// cores of its mask from OpenMP.
+static void share_cores(void) {
+    const char *t = getenv("OMP_NUM_THREADS");
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if ((t && *t) || info.local_world < 2 || online < 1 || omp_get_max_threads() != online) return;
+    int share = (int)(online / info.local_world);
+    omp_set_num_threads(share > 0 ? share : 1);
+}
 #endif
+
 
 void comm_init(double timeout_s) {
     if (inited) return;
@@ -128,6 +142,7 @@ void comm_init(double timeout_s) {
     if (var) {
 #ifdef SAFE_MPI
         mpi_start(var);
+        share_cores();
         if (env_int("SLURM_STEP_NUM_TASKS", &steps) && steps != info.world)
             die(EXIT_USAGE, "MPI sees %d ranks but srun started %d tasks: give srun an MPI plugin "
                 "(srun --mpi=pmix) or use mpirun", info.world, steps);
@@ -164,14 +179,13 @@ void comm_init(double timeout_s) {
 
 void comm_finalize(void) {
     if (finalized) return;
-#ifdef SAFE_MPI
-    if (info.mpi) {
-        comm_barrier("finalize");
-        finalized = 1;
-        MPI_Finalize();
-    }
-#endif
     finalized = 1;
+#ifdef SAFE_MPI
+    // No timed barrier here: the other ranks wait in MPI_Finalize for rank 0 to write its
+    // outputs, however long a big checkpoint takes (a timeout would kill rank 0 mid-write).
+    // A rank 0 that dies meanwhile takes the job down through the launcher or MPI_Abort.
+    if (info.mpi) MPI_Finalize();
+#endif
 }
 
 void comm_slice(size_t n, size_t *begin, size_t *end) {

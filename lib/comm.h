@@ -57,7 +57,8 @@ void comm_init(double timeout_s);
 const CommInfo *comm_info(void);   // world 1 until comm_init
 int comm_rank(void);
 int comm_world(void);
-// Final barrier (with the timeout) and MPI_Finalize. Call before returning 0 from main.
+// MPI_Finalize (the other ranks wait there, untimed, for rank 0 to finish writing). Call it
+// before returning 0 from main: exiting without it counts as a failure (MPI_Abort).
 void comm_finalize(void);
 // "MPI" when this build has MPI, else "none" (for --version and the build report).
 const char *comm_backend(void);

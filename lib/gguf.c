@@ -184,8 +184,8 @@ Gguf *gguf_open(const char *path) {
     if (g->version > 3) die(EXIT_BADINPUT, "%s: GGUF version %u is newer than this reader (2 and 3)", path, g->version);
     uint64_t nt = cur_u64(&c, "the tensor count"), nkv = cur_u64(&c, "the metadata count");
     if (nt > size / 24 || nkv > size / 13)   // each entry needs at least that many bytes
-        die(EXIT_BADINPUT, "%s: header claims %llu tensors and %llu metadata entries: corrupt", path,
-            (unsigned long long)nt, (unsigned long long)nkv);
+        die(EXIT_BADINPUT, "%s: header claims %llu tensors and %llu metadata entries, more than %zu bytes can hold: "
+            "truncated or corrupt", path, (unsigned long long)nt, (unsigned long long)nkv, size);
     g->n_kv = (int)nkv;
     g->n_tensors = (int)nt;
     g->kv = xcalloc(nkv + 1, sizeof(GgufKV));
@@ -646,6 +646,8 @@ ModelConfig gguf_model_config(const Gguf *g) {
     if (st && strcmp(st, "none") != 0)
         die(EXIT_BADINPUT, "%s: %s is \"%s\"; rope scaling is not implemented (plain RoPE with rope.freq_base only)", g->path, key, st);
     free(st);
+    if (gguf_tensor(g, "rope_freqs.weight"))   // Llama 3.1+ long-context RoPE factors
+        die(EXIT_BADINPUT, "%s: has rope_freqs.weight (Llama 3.1+ \"llama3\" rope scaling), which is not implemented", g->path);
     uint32_t rd = arch_u32(g, arch, "rope.dimension_count", 0, (uint32_t)(c.dim / c.n_heads));
     uint32_t kl = arch_u32(g, arch, "attention.key_length", 0, (uint32_t)(c.dim / c.n_heads));
     if ((int)rd != c.dim / c.n_heads || (int)kl != c.dim / c.n_heads)

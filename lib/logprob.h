@@ -9,6 +9,7 @@
 // logits (N, V); targets (N) or NULL; temp > 0.
 // logp[i] = log softmax(logits[i]/temp)[targets[i]]  (skipped when targets or logp is NULL)
 // entropy[i] = -sum_j p_j log p_j of the same distribution (skipped when entropy is NULL)
+// A negative target (padding) gives logp 0 and no gradient; a target >= V dies (exit 2).
 void logprob_forward(const float *logits, size_t N, int V, float temp, const int32_t *targets,
                      float *logp, float *entropy);
 // dlogits (N, V) += d(loss)/d(logits) given dlogp (N) and dentropy (N) (either may be NULL).

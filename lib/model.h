@@ -71,10 +71,15 @@ Model *model_clone(const Model *m);                  // weights only
 // Batched forward over (B, T). mask (B, T): 1 = real token, 0 = padding. Prompts may be
 // left-padded and responses right-padded: position ids count the valid tokens before each
 // position, and padding is never attended to. Fills m->hidden and (when want_logits) m->logits.
+// (model.c:) mask NULL means all valid; tokens at padded positions are not read (may be -1);
+// hidden and logits rows at padding are exactly zero. Batch-invariant: a sequence's outputs
+// are bit-identical alone, padded in any batch, or through the KV cache, and do not depend on
+// the number of OpenMP threads (lib/matmul.h). A Model is not thread-safe: one per thread.
 void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, int T, int want_logits);
 
 // Backward of the last model_forward. dlogits (B,T,V) and/or dhidden (B,T,C) may be NULL.
-// Accumulates (+=) into m->grads; call model_zero_grad first.
+// Accumulates (+=) into m->grads; call model_zero_grad first. Gradients arriving at padded
+// positions are dropped (they must be finite; zero is usual).
 void model_backward(Model *m, const float *dlogits, const float *dhidden);
 void model_zero_grad(Model *m);
 

@@ -1,29 +1,12 @@
 // rng.c — Philox4x32-10 and the stream keys built on it.
 #include "rng.h"
 
+#include "philox.h"   // philox4x32_10, philox_u32x4, philox_uniform: shared with kernels/sampler.cu
 
-// Philox constants: round multipliers and Weyl key increments (golden ratio, sqrt(3)-1).
-#define PHILOX_M0 0xD2511F53u
-#define PHILOX_M1 0xCD9E8D57u
-#define PHILOX_W0 0x9E3779B9u
-#define PHILOX_W1 0xBB67AE85u
-
+// The block function lives in philox.h (shared with the CUDA sampler, so both draw the same
+// bits); these wrappers keep rng.h's names.
 void rng_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
-    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int round = 0; round < 10; round++) {
-        if (round > 0) { k0 += PHILOX_W0; k1 += PHILOX_W1; }   // key schedule: bump between rounds
-        // two 32x32 -> 64 multiplies; hi halves mix with the other lanes and the key
-        uint64_t p0 = (uint64_t)PHILOX_M0 * c0;
-        uint64_t p1 = (uint64_t)PHILOX_M1 * c2;
-        uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
-        uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+    philox4x32_10(ctr, key, out);
 }
 
 static uint64_t splitmix64(uint64_t x) {
@@ -48,15 +31,11 @@ uint64_t rng_stream_key(uint64_t seed, const char *prompt_id, int sample_index, 
 }
 
 void rng_u32x4(uint64_t key, uint64_t counter, uint32_t out[4]) {
-    uint32_t ctr[4] = {(uint32_t)counter, (uint32_t)(counter >> 32), 0, 0};
-    uint32_t k[2] = {(uint32_t)key, (uint32_t)(key >> 32)};
-    rng_philox4x32_10(ctr, k, out);
+    philox_u32x4(key, counter, out);
 }
 
 float rng_uniform(uint64_t key, uint64_t counter) {
-    uint32_t r[4];
-    rng_u32x4(key, counter, r);
-    return (float)(r[0] >> 8) * (1.0f / 16777216.0f);
+    return philox_uniform(key, counter);
 }
 
 double rng_uniform_f64(uint64_t key, uint64_t counter) {

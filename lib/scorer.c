@@ -106,7 +106,8 @@ void scorer_score_batch(Scorer *s, const ScoreRequest *req, int n, double *rewar
 
 double scorer_score(Scorer *s, const char *id, const char *prompt, const char *response,
                     ScoreComponents *out) {
-    ScoreRequest r = {id, prompt, prompt ? strlen(prompt) : 0, response, response ? strlen(response) : 0};
+    ScoreRequest r = {.id = id, .prompt = prompt, .prompt_len = prompt ? strlen(prompt) : 0,
+                      .response = response, .response_len = response ? strlen(response) : 0};
     double reward;
     scorer_score_batch(s, &r, 1, &reward, out);
     return reward;

@@ -26,6 +26,7 @@
 #define SAFE_SCORER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct Scorer Scorer;
 
@@ -48,6 +49,8 @@ typedef struct {
     size_t prompt_len;
     const char *response;
     size_t response_len;
+    const int32_t *tokens;   // prompt + response token ids when the scorer reads tokens, else NULL
+    int n_tokens;
 } ScoreRequest;
 
 // What the VADER scorer reads: the response alone (default), or prompt and response joined
@@ -56,6 +59,24 @@ typedef enum { SCORE_RESPONSE, SCORE_PROMPT_RESPONSE } ScoreField;
 
 #define SCORER_DEFAULT_TIMEOUT 60.0
 #define SCORER_DEFAULT_BATCH 16
+
+// The reward model (lib/scorer_rm.c, lib/reward_model.h): a *ForSequenceClassification
+// checkpoint directory whose score head is read at the last token of prompt + response.
+//   RM_INPUT_TOKENS  the request's tokens (the rollout's prompt_tokens + response_tokens: BOS
+//                    and a final EOS as generated); needs the policy's tokenizer
+//   RM_INPUT_TEXT    prompt + response text encoded with the reward model's own tokenizer
+//                    (special tokens as its tokenizer adds them; no EOS appended)
+// Components: "score" (the raw head output, = the reward). Requests of one call are scored
+// in batches of `batch` rows.
+enum { RM_INPUT_TOKENS = 0, RM_INPUT_TEXT = 1 };
+typedef struct {
+    int input;              // RM_INPUT_TOKENS or RM_INPUT_TEXT
+    int batch;              // rows per forward, >= 1
+    int max_length;         // > 0: truncate to this many tokens
+    int trunc_side;         // RM_TRUNC_RIGHT (keep the start, HF's default) or RM_TRUNC_LEFT
+    const char *tokenizer;  // text input: tokenizer file/dir; NULL: the reward model's own
+} ScorerRmOptions;
+Scorer *scorer_rm(const char *dir, const ScorerRmOptions *opt);   // loads now; dies (2) on bad input
 
 // A scorer is a table of operations over private state, so new kinds (the reward model)
 // live in their own files: fill a ScorerOps and call scorer_new().

@@ -37,7 +37,12 @@ struct ShardReader {
     long next_index;           // index of the record being read; -1 while reading the header
     ReaderDtype *dtypes;
     int ndtypes;
+    ShardReader *live_prev, *live_next;
 };
+
+// Open readers are kept on a list: die() may exit from anywhere, and LeakSanitizer (test-asan)
+// must then see them as reachable, or it reports them and changes the exit status.
+static ShardReader *live_readers;
 
 // ---------------------------------------------------------------------------------------
 // messages
@@ -211,6 +216,9 @@ static void header_validate(ShardReader *r) {
 
 ShardReader *shard_open_zin(struct ZIn *z) {
     ShardReader *r = xcalloc(1, sizeof(ShardReader));
+    r->live_next = live_readers;
+    if (live_readers) live_readers->live_prev = r;
+    live_readers = r;
     r->z = z;
     r->path = xstrdup(zin_path(z));
     r->next_index = -1;
@@ -250,6 +258,9 @@ int shard_next(ShardReader *r, Record *rec) {
 
 void shard_close(ShardReader *r) {
     if (!r) return;
+    if (r->live_prev) r->live_prev->live_next = r->live_next;
+    else live_readers = r->live_next;
+    if (r->live_next) r->live_next->live_prev = r->live_prev;
     msgpack_unpacked_destroy(&r->cur);
     msgpack_unpacked_destroy(&r->header);
     msgpack_unpacker_destroy(&r->up);

@@ -96,6 +96,13 @@ void shard_commit(ShardWriter *w);   // flush, close, rename; frees w
 void shard_abort(ShardWriter *w);    // remove the temp file; frees w
 
 // ---- additions (issue 2) ----
+// Notes on the declarations above. Record indexes in messages count from 0 ("record 0" is
+// the first after the header); rec_die accepts key NULL for a message about the whole
+// record. shard_write_header lays the header out as format, version, kind (from add, else
+// base, else "records"), tool and tool_version (from add, else safe_progname and
+// SAFE_VERSION: a base header's producer is not carried over), the other base keys, the
+// other add keys, then dtypes. Writers buffer; readers refill in 256 KB steps and hold the
+// current record only (memory ~ the largest record).
 // dtypes. The header's "dtypes" map names the element type ("i32" or "f32") of every bin
 // field. shard_write_header fills it from, later winning: the built-in schema below, the
 // base header's "dtypes", a "dtypes" map in `add`, and shard_declare() calls. shard_write

@@ -190,10 +190,16 @@ struct ShardWriter {
     int ndecl, capdecl;
     int header_written;
     long records;
+    ShardWriter *live_prev, *live_next;
 };
+
+static ShardWriter *live_writers;   // reachable for LeakSanitizer when die() exits (see shard.c)
 
 ShardWriter *shard_create(const char *path, int level) {
     ShardWriter *w = xcalloc(1, sizeof(ShardWriter));
+    w->live_next = live_writers;
+    if (live_writers) live_writers->live_prev = w;
+    live_writers = w;
     w->z = zout_open(path, level);
     msgpack_packer_init(&w->pk, w->z, zout_pack_cb);
     return w;
@@ -419,6 +425,9 @@ long shard_records_written(ShardWriter *w) { return w->records; }
 const char *shard_writer_path(ShardWriter *w) { return zout_path(w->z); }
 
 static void writer_free(ShardWriter *w) {
+    if (w->live_prev) w->live_prev->live_next = w->live_next;
+    else live_writers = w->live_next;
+    if (w->live_next) w->live_next->live_prev = w->live_prev;
     for (int i = 0; i < w->ndt; i++) free(w->dt[i].name);
     for (int i = 0; i < w->ndecl; i++) free(w->decl[i].name);
     free(w->dt);

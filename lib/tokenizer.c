@@ -1,22 +1,27 @@
-// tokenizer.c — llama2.c tokenizer.bin: load, BPE encode by merge scores, decode.
+// tokenizer.c — the tokenizer interface: which backend a file needs (tokenizer_load), the
+// llama2.c tokenizer.bin backend (load, BPE encode by merge scores), and what every backend
+// shares: the piece -> id table and decoding.
 #include "tokenizer.h"
 
-#include "common.h"   // die, xmalloc, EXIT_BADINPUT
+#include "common.h"          // die, xmalloc, EXIT_BADINPUT
+#include "tokenizer_bpe.h"   // tokenizer_load_json, tokenizer_load_gguf, tokenizer_bpe_*
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 // ----------------------------------------------------------------------------
 // piece -> id hash table (open addressing, FNV-1a). llama2.c uses a sorted array and
 // bsearch with strcmp; an exact (bytes, length) match is the same for vocabularies
 // without embedded NUL bytes, and O(1).
 
-static uint64_t fnv1a(const void *p, size_t n, uint64_t h) {
+uint64_t tok_fnv1a(const void *p, size_t n, uint64_t h) {
     const unsigned char *s = p;
     for (size_t i = 0; i < n; i++) { h ^= s[i]; h *= 1099511628211ULL; }
     return h;
 }
-#define FNV_OFFSET 14695981039346656037ULL
+#define fnv1a tok_fnv1a
+#define FNV_OFFSET TOK_FNV_OFFSET
 
 int tokenizer_lookup(const Tokenizer *t, const char *s, size_t len) {
     size_t mask = (size_t)t->table_size - 1;
@@ -27,13 +32,14 @@ int tokenizer_lookup(const Tokenizer *t, const char *s, size_t len) {
     }
 }
 
-static void table_build(Tokenizer *t) {
+void tok_table_build(Tokenizer *t) {
     int size = 16;
     while (size < 2 * t->vocab_size) size *= 2;
     t->table_size = size;
     t->table = xmalloc((size_t)size * sizeof(int));
     for (int i = 0; i < size; i++) t->table[i] = -1;
     for (int id = 0; id < t->vocab_size; id++) {
+        if (t->vocab_len[id] == 0) continue;   // an unused id (never looked up: pieces are not empty)
         // first occurrence wins when a piece is duplicated
         if (tokenizer_lookup(t, t->vocab[id], (size_t)t->vocab_len[id]) >= 0) continue;
         size_t i = fnv1a(t->vocab[id], (size_t)t->vocab_len[id], FNV_OFFSET) & (size_t)(size - 1);
@@ -58,11 +64,58 @@ static int byte_piece(const char *s, int len) {
 }
 
 // ----------------------------------------------------------------------------
-// loading
+// loading: which backend
+
+static Tokenizer *load_llama2c(const char *path, int vocab_size);
+
+static int file_exists(const char *p) { struct stat st; return stat(p, &st) == 0 && S_ISREG(st.st_mode); }
+
+// The file's first non-blank byte ('{' for JSON) or its 4-byte magic.
+static int sniff(const char *path, char magic[4]) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    memset(magic, 0, 4);
+    size_t n = fread(magic, 1, 4, f);
+    int c = 0;
+    rewind(f);
+    while ((c = fgetc(f)) != EOF && (c == ' ' || c == '\t' || c == '\n' || c == '\r')) {}
+    fclose(f);
+    return n == 0 ? -1 : c;
+}
 
 Tokenizer *tokenizer_load(const char *path, int vocab_size) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {   // a model directory
+        size_t n = strlen(path) + 32;
+        char *p = xmalloc(n);
+        snprintf(p, n, "%s/tokenizer.json", path);
+        if (!file_exists(p)) snprintf(p, n, "%s/tokenizer.bin", path);
+        if (!file_exists(p)) snprintf(p, n, "%s/tokenizer.gguf", path);
+        if (!file_exists(p))
+            die(EXIT_BADINPUT, "%s holds no tokenizer.json, tokenizer.bin or tokenizer.gguf\n  hint: pass --tokenizer FILE", path);
+        Tokenizer *t = tokenizer_load(p, vocab_size);
+        free(p);
+        return t;
+    }
+    char magic[4];
+    int first = sniff(path, magic);
+    if (first >= 0 && memcmp(magic, "GGUF", 4) == 0) return tokenizer_load_gguf(path, vocab_size);
+    if (first == '{') return tokenizer_load_json(path, vocab_size);
+    return load_llama2c(path, vocab_size);
+}
+
+const char *tokenizer_kind_name(const Tokenizer *t) {
+    return t->kind == TOKENIZER_BPE ? tokenizer_bpe_kind(t) : "llama2.c tokenizer.bin";
+}
+
+int tokenizer_prefix_len(const Tokenizer *t) {
+    return t->kind == TOKENIZER_BPE ? tokenizer_bpe_prefix_len(t) : 1;
+}
+
+// the llama2.c tokenizer.bin
+static Tokenizer *load_llama2c(const char *path, int vocab_size) {
     FILE *f = fopen(path, "rb");
-    if (!f) die(EXIT_BADINPUT, "cannot open tokenizer %s: %m\n  hint: pass --tokenizer FILE (a llama2.c tokenizer.bin)", path);
+    if (!f) die(EXIT_BADINPUT, "cannot open tokenizer %s: %m\n  hint: pass --tokenizer FILE (tokenizer.json, a llama2.c tokenizer.bin or a .gguf model)", path);
     fseek(f, 0, SEEK_END);
     long fsize = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -72,6 +125,7 @@ Tokenizer *tokenizer_load(const char *path, int vocab_size) {
     fclose(f);
 
     Tokenizer *t = xcalloc(1, sizeof(Tokenizer));
+    t->kind = TOKENIZER_LLAMA2C;
     t->path = xstrdup(path);
     t->hash = fnv1a(buf, (size_t)fsize, FNV_OFFSET);
     int32_t mtl;
@@ -133,7 +187,9 @@ Tokenizer *tokenizer_load(const char *path, int vocab_size) {
     t->bos_id = 1;
     t->eos_id = 2;
     t->pad_id = t->eos_id;
-    table_build(t);
+    t->special = xcalloc((size_t)n, 1);
+    t->special[t->bos_id] = t->special[t->eos_id] = 1;
+    tok_table_build(t);
     return t;
 }
 
@@ -145,15 +201,21 @@ void tokenizer_free(Tokenizer *t) {
     }
     free(t->vocab); free(t->vocab_len); free(t->scores);
     free(t->piece); free(t->piece_len); free(t->table); free(t->path);
+    free(t->special);
+    if (t->bpe) tokenizer_bpe_free(t->bpe);
     free(t);
 }
 
 // ----------------------------------------------------------------------------
 // encoding
 
-size_t tokenizer_max_tokens(const char *text) { return strlen(text) + 3; }
+// llama2.c: at most one id per byte, plus BOS, the dummy prefix and EOS. BPE: at most one
+// id per byte of the normalized text, which NFC or a "▁" for " " replacement may make up to
+// three times longer (tokenizer_bpe_encode checks the bound), plus the prefix and EOS.
+size_t tokenizer_max_tokens(const char *text) { return 3 * strlen(text) + 8; }
 
 int tokenizer_encode(const Tokenizer *t, const char *text, int bos, int eos, int32_t *out) {
+    if (t->kind == TOKENIZER_BPE) return tokenizer_bpe_encode(t, text, bos, eos, out);
     int n = 0;
     if (bos) out[n++] = t->bos_id;
     if (text[0] != '\0') {
@@ -217,7 +279,32 @@ int tokenizer_encode(const Tokenizer *t, const char *text, int bos, int eos, int
 // ----------------------------------------------------------------------------
 // decoding
 
+// BPE: special tokens decode to ""; a sentencepiece-style decoder's Strip drops the leading
+// space(s) of the first piece of a text (`strip` > 0: the piece starts the text), a Metaspace
+// decoder the ▁ of a text's first token (`first`).
+static const char *bpe_piece(const Tokenizer *t, int strip, int first, int token, int *len) {
+    if (token < 0 || token >= t->vocab_size || t->special[token]) {
+        *len = 0;
+        return "";
+    }
+    const char *p = t->piece[token];
+    int n = t->piece_len[token];
+    if (first && (p = tokenizer_bpe_first_piece(t, token, &n)) == NULL) {
+        p = t->piece[token];
+        n = t->piece_len[token];
+    }
+    for (; strip > 0 && n > 0 && p[0] == ' '; strip--) { p++; n--; }
+    *len = n;
+    return p;
+}
+
+static int bpe_starts_text(const Tokenizer *t, int prev) {
+    return prev < 0 || prev >= t->vocab_size || t->special[prev];
+}
+
 const char *tokenizer_piece(const Tokenizer *t, int prev, int token, int *len) {
+    if (t->kind == TOKENIZER_BPE)
+        return bpe_piece(t, bpe_starts_text(t, prev) ? tokenizer_bpe_strip_start(t) : 0, bpe_starts_text(t, prev), token, len);
     if (token < 0 || token >= t->vocab_size || token == t->bos_id || token == t->eos_id) {
         *len = 0;
         return "";
@@ -234,9 +321,23 @@ const char *tokenizer_piece(const Tokenizer *t, int prev, int token, int *len) {
 char *tokenizer_decode(const Tokenizer *t, int prev, const int32_t *ids, int n, size_t *len) {
     size_t cap = 64, used = 0;
     char *s = xmalloc(cap);
+    // BPE: the Strip decoder works on the whole text, so it strips the first non-empty piece
+    // when the sequence starts a text (not the piece after each special token)
+    int first = t->kind == TOKENIZER_BPE && bpe_starts_text(t, prev);   // no non-special token yet
+    int strip = first ? tokenizer_bpe_strip_start(t) : 0;
     for (int i = 0; i < n; i++) {
         int pl;
-        const char *p = tokenizer_piece(t, i ? ids[i - 1] : prev, ids[i], &pl);
+        const char *p;
+        if (t->kind == TOKENIZER_BPE) {
+            p = bpe_piece(t, used == 0 ? strip : 0, first, ids[i], &pl);
+            if (used == 0 && strip > 0) {   // what this piece stripped is used up
+                int plain;
+                bpe_piece(t, 0, first, ids[i], &plain);
+                strip -= plain - pl;
+            }
+            if (ids[i] >= 0 && ids[i] < t->vocab_size && !t->special[ids[i]]) first = 0;
+        } else
+            p = tokenizer_piece(t, i ? ids[i - 1] : prev, ids[i], &pl);
         if (used + (size_t)pl + 1 > cap) {
             while (used + (size_t)pl + 1 > cap) cap *= 2;
             s = xrealloc(s, cap);

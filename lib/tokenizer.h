@@ -18,7 +18,8 @@
 //     tokenizer_config.json, generation_config.json and config.json beside the file.
 //   a GGUF model file (TOKENIZER_BPE, lib/tokenizer_gguf.c): the tokenizer.ggml.* metadata,
 //     turned into the same BPE pipeline the way llama.cpp reads it.
-// A model directory is accepted too: DIR/tokenizer.json, else DIR/tokenizer.bin.
+// A model directory is accepted too: DIR/tokenizer.json, else DIR/tokenizer.bin, else
+// DIR/tokenizer.gguf (as model_tokenizer_path looks for them).
 //
 // Not thread-safe to load; encoding locks the BPE tokenizer's cache, so threads may share one.
 #ifndef SAFE_TOKENIZER_H

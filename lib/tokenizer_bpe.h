@@ -14,7 +14,9 @@
 
 // What the files beside the tokenizer (or GGUF metadata) say about special ids.
 typedef struct {
-    int bos_id, eos_id, pad_id;   // -1: not given (the builder then looks at the tree)
+    json_t *bos_tok, *eos_tok, *pad_tok;   // tokenizer_config.json's "bos_token"...: "<s>" or
+                                           // {"content": "<s>"}; NULL: not given. Win over ids.
+    int bos_id, eos_id, pad_id;   // -1: not given (bos: then the post-processor's first token)
     int add_bos;                  // 1/0: override the post-processor's BOS; -1: not given
     const char *source;           // where the file kind came from, for tokenizer_kind_name
 } TokConfig;
@@ -28,6 +30,9 @@ void tokenizer_bpe_free(struct TokBpe *b);
 int tokenizer_bpe_encode(const Tokenizer *t, const char *text, int bos, int eos, int32_t *out);
 int tokenizer_bpe_prefix_len(const Tokenizer *t);
 int tokenizer_bpe_strip_start(const Tokenizer *t);   // leading spaces the decoder strips
+// `token` decoded as the first token of a text (a Metaspace decoder drops its ▁), or NULL
+// when that is the ordinary piece.
+const char *tokenizer_bpe_first_piece(const Tokenizer *t, int token, int *len);
 const char *tokenizer_bpe_kind(const Tokenizer *t);
 
 // backends' loaders

@@ -31,7 +31,12 @@ struct ZIn {
     unsigned char pb[64];     // peeked decompressed bytes, handed out first by zin_read
     size_t pb_len, pb_pos;
     char err[256];
+    ZIn *live_prev, *live_next;
 };
+
+// Open streams are kept on lists: die() may exit from anywhere, and LeakSanitizer (test-asan)
+// must then see them as reachable, or it reports them and changes the exit status.
+static ZIn *live_in;
 
 static long read_retry(int fd, void *buf, size_t n) {
     for (;;) {
@@ -42,6 +47,9 @@ static long read_retry(int fd, void *buf, size_t n) {
 
 ZIn *zin_open(const char *path) {
     ZIn *z = xcalloc(1, sizeof(ZIn));
+    z->live_next = live_in;
+    if (live_in) live_in->live_prev = z;
+    live_in = z;
     z->path = xstrdup(strcmp(path, "-") == 0 ? "stdin" : path);   // the name messages use
     if (strcmp(path, "-") == 0) {
         z->fd = 0;
@@ -162,6 +170,9 @@ long zin_peek(ZIn *z, void *buf, size_t n) {
 
 void zin_close(ZIn *z) {
     if (!z) return;
+    if (z->live_prev) z->live_prev->live_next = z->live_next;
+    else live_in = z->live_next;
+    if (z->live_next) z->live_next->live_prev = z->live_prev;
     if (z->fd > 0) close(z->fd);
     ZSTD_freeDCtx(z->dctx);
     free(z->inbuf);
@@ -222,7 +233,10 @@ struct ZOut {
     unsigned char *obuf;      // compressed output
     size_t ocap;
     size_t bytes_in, bytes_out;
+    ZOut *live_prev, *live_next;
 };
+
+static ZOut *live_out;   // (see live_in)
 
 static void write_all(ZOut *z, const void *data, size_t n) {
     const char *p = data;
@@ -240,6 +254,9 @@ ZOut *zout_open(const char *path, int level) {
     if (level < 0 || level > ZSTD_maxCLevel())
         die(EXIT_USAGE, "zstd level %d for %s is out of range (0 = raw, 1..%d)", level, path, ZSTD_maxCLevel());
     ZOut *z = xcalloc(1, sizeof(ZOut));
+    z->live_next = live_out;
+    if (live_out) live_out->live_prev = z;
+    live_out = z;
     z->path = xstrdup(path);
     z->level = level;
     if (strcmp(path, "-") == 0) {
@@ -314,6 +331,9 @@ void zout_flush(ZOut *z) {
 }
 
 static void zout_free(ZOut *z) {
+    if (z->live_prev) z->live_prev->live_next = z->live_next;
+    else live_out = z->live_next;
+    if (z->live_next) z->live_next->live_prev = z->live_prev;
     ZSTD_freeCCtx(z->cctx);
     free(z->stage);
     free(z->obuf);

@@ -15,7 +15,11 @@
 # only the missing targets; each stage is a pure function of its inputs and the seed, so the
 # resumed run is identical to an uninterrupted one. `make -j` runs the rollout/score shards
 # in parallel. LAUNCH is put before each per-shard stage (e.g. `srun -N1 -n1`, `ssh host`),
-# LAUNCH_DP before the critic and update.
+# LAUNCH_DP before the critic and update, which then run data parallel (see DATA PARALLEL in
+# safe-update(1)): `LAUNCH_DP="mpirun -np 2 --oversubscribe"` on one machine,
+# `LAUNCH_DP="srun --mpi=pmix -n 8"` in a Slurm allocation, `LAUNCH_DP="mpirun -np 4 -H a:2,b:2"`
+# over ssh. Their outputs are written by rank 0 only, so the targets below are unchanged.
+# Examples: pipelines/slurm-example.sbatch, pipelines/ssh-example.sh.
 
 SAFE_BIN   ?= bin
 DATA       ?= ../shared/data

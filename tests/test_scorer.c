@@ -50,7 +50,10 @@ TEST(exec_answer_forms) {
 
     s = scorer_exec("read l; echo 'Infinity'; echo ' 0.25 '; echo 'NaN'; echo 3; cat >/dev/null");
     double rw[4];
-    ScoreRequest req[4] = {{"a", "", 0, "x", 1}, {"b", "", 0, "y", 1}, {"c", "", 0, "z", 1}, {"d", "", 0, "w", 1}};
+    ScoreRequest req[4] = {{.id = "a", .prompt = "", .response = "x", .response_len = 1},
+                           {.id = "b", .prompt = "", .response = "y", .response_len = 1},
+                           {.id = "c", .prompt = "", .response = "z", .response_len = 1},
+                           {.id = "d", .prompt = "", .response = "w", .response_len = 1}};
     scorer_score_batch(s, req, 1, rw, NULL);
     CHECK(isinf(rw[0]) && rw[0] > 0, "Infinity -> %g", rw[0]);
     // the next three answers are already on their way: one batch of three reads them in order
@@ -83,7 +86,7 @@ TEST(exec_protocol_and_batches) {
         for (size_t j = 0; j < len; j++) texts[i][j] = "a\"\\\n\t\x01 z"[j % 8];
         if (i % 10 == 0) texts[i][1] = (char)0xff;   // invalid UTF-8 -> one U+FFFD
         texts[i][len] = '\0';
-        req[i] = (ScoreRequest){ids[i], "pr\xc3\xa9", 4, texts[i], len};
+        req[i] = (ScoreRequest){.id = ids[i], .prompt = "pr\xc3\xa9", .prompt_len = 4, .response = texts[i], .response_len = len};
     }
     double rw[N];
     ScoreComponents *cs = xcalloc(N, sizeof *cs);

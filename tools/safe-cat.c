@@ -111,6 +111,8 @@ typedef struct {
     char **warned;             // fields warned about (undeclared arrays)
     int nwarned;
     int warned_utf8, warned_bigint;
+    json_t *cur;               // the JSON record being converted
+    int tty_out;               // JSON to a terminal: write each line at once
     long nrec;
 } Cat;
 
@@ -426,6 +428,7 @@ static void json_write_record(Cat *c, const Record *r) {
     }
     buf_puts(b, "}\n");
     zout_write(c->jout, b->p, b->len);
+    if (c->tty_out) zout_flush(c->jout);   // a person is watching: no batching
 }
 
 // ---------------------------------------------------------------------------------------
@@ -452,8 +455,7 @@ static char *line_next(Input *in, size_t *n) {
             in->lineno++;
             in->pos = (size_t)(end - in->line.p) + (nl ? 1 : 0);
             if (end > start && end[-1] == '\r') end--;
-            if (!nl) { buf_need(&in->line, 1); start = in->line.p + (start - in->line.p); end = in->line.p + in->line.len; }
-            *end = 0;
+            *end = 0;   // (a read always leaves a spare byte past line.len for this)
             size_t k = (size_t)(end - start);
             size_t i = 0;
             while (i < k && (start[i] == ' ' || start[i] == '\t' || start[i] == '\r')) i++;
@@ -463,7 +465,7 @@ static char *line_next(Input *in, size_t *n) {
         }
         if (in->eof) return NULL;
         // compact, grow, read more
-        memmove(in->line.p, in->line.p + in->pos, in->line.len - in->pos);
+        if (in->pos > 0) memmove(in->line.p, in->line.p + in->pos, in->line.len - in->pos);
         in->line.len -= in->pos;
         in->pos = 0;
         buf_need(&in->line, 1 << 16);
@@ -719,10 +721,16 @@ static int ends_with(const char *s, const char *suf) {
 // Open one input and decide what it is: '{' (after blanks) -> JSON lines, else a shard.
 static void input_open(Cat *c, Input *in, const char *path) {
     memset(in, 0, sizeof *in);
-    ZIn *z = zin_open(path);
+    ZIn *z = in->z = zin_open(path);
     in->path = xstrdup(zin_path(z));   // "stdin" for "-"
+    // peek byte by byte up to the first non-blank one: a slow pipe is not waited on for more
     unsigned char head[64];
-    long n = zin_peek(z, head, sizeof head);
+    long n = 0;
+    for (size_t want = 1; want <= sizeof head; want++) {
+        n = zin_peek(z, head, want);
+        unsigned char ch = n == (long)want ? head[want - 1] : 0;
+        if (n < (long)want || !(ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n')) break;
+    }
     if (n < 0) {
         if (strncmp(zin_error(z), "truncated", 9) == 0)
             die(EXIT_BADINPUT, "%s: header: truncated before the first record: the zstd frame is incomplete "
@@ -741,10 +749,10 @@ static void input_open(Cat *c, Input *in, const char *path) {
         json = 1;
     }
     if (!json) {
-        in->r = shard_open_zin(z);
+        in->r = shard_open_zin(z);   // the reader owns z now
+        in->z = NULL;
         return;
     }
-    in->z = z;
     json_t *j = json_next(c, in);
     if (j && json_is_header(j)) {
         load_json_header(c, in, j);
@@ -908,6 +916,7 @@ static void open_output(Cat *c) {
     } else {
         int level = ends_with(c->o.out, ".zst") ? c->o.level : 0;
         c->jout = zout_open(c->o.out, level);
+        c->tty_out = strcmp(c->o.out, "-") == 0 && isatty(1);
         if (c->o.with_header || c->o.header_only) {
             c->jl.len = 0;
             put_obj(c, &c->jl, &c->hdr.data, "header");
@@ -946,6 +955,7 @@ static void copy_json(Cat *c, Input *in, Progress *p) {
     for (;;) {
         if (!j) j = json_next(c, in);
         if (!j) break;
+        c->cur = j;   // reachable should a die() exit mid-record (LeakSanitizer)
         if (json_is_header(j)) {   // another header (files joined with cat): check it, skip it
             Input tmp = *in;
             tmp.has_jheader = 0;
@@ -961,7 +971,7 @@ static void copy_json(Cat *c, Input *in, Progress *p) {
             progress_update(p, ++c->nrec, 0);
         }
         json_decref(j);
-        j = NULL;
+        j = c->cur = NULL;
         if (head_reached(c)) break;
     }
 }
@@ -969,6 +979,33 @@ static void copy_json(Cat *c, Input *in, Progress *p) {
 static void output_commit(Cat *c) {
     if (c->w) shard_commit(c->w);
     if (c->jout) zout_commit(c->jout);
+}
+
+static void cat_free(Cat *c) {
+    for (int i = 0; i < c->nin; i++) {
+        Input *in = &c->in[i];
+        shard_close(in->r);
+        zin_close(in->z);
+        if (in->pending) json_decref(in->pending);
+        if (in->has_jheader) msgpack_unpacked_destroy(&in->jheader);
+        free(in->line.p);
+        free((char *)in->path);
+    }
+    free(c->in);
+    for (int i = 0; i < c->dt.n; i++) free(c->dt.name[i]);
+    free(c->dt.name);
+    free(c->dt.type);
+    for (int i = 0; i < c->nwarned; i++) free(c->warned[i]);
+    free(c->warned);
+    for (int i = 0; i < c->o.nfields; i++) free(c->o.fields[i]);
+    free(c->o.fields);
+    msgpack_unpacked_destroy(&c->hdr);
+    msgpack_sbuffer_destroy(&c->hbuf);
+    msgpack_unpacked_destroy(&c->rec);
+    msgpack_sbuffer_destroy(&c->rbuf);
+    fields_free(c->sel);
+    free(c->jl.p);
+    free(c->scratch.p);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1016,7 +1053,7 @@ int main(int argc, char **argv) {
 
     if (!c.o.header_only) {
         int quiet = c.o.quiet || (strcmp(c.o.out, "-") == 0 && isatty(1));
-        Progress *p = progress_start("safe-cat", -1, "records", quiet);
+        Progress *p = progress_start("reading", -1, "records", quiet);
         for (int i = 0; i < c.nin && !head_reached(&c); i++) {
             if (c.in[i].r) copy_shard(&c, &c.in[i], p);
             else copy_json(&c, &c.in[i], p);
@@ -1025,15 +1062,7 @@ int main(int argc, char **argv) {
     }
     output_commit(&c);
 
-    for (int i = 0; i < c.nin; i++) {
-        shard_close(c.in[i].r);
-        zin_close(c.in[i].z);
-        if (c.in[i].pending) json_decref(c.in[i].pending);
-        if (c.in[i].has_jheader) msgpack_unpacked_destroy(&c.in[i].jheader);
-        free(c.in[i].line.p);
-        free((char *)c.in[i].path);
-    }
     shard_close(hf);
-    free(c.in);
+    cat_free(&c);
     return 0;
 }

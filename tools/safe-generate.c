@@ -21,7 +21,7 @@ static void usage(FILE *f) {
         "Usage: safe-generate --model PATH [options]\n"
         "Sample completions of prompts (--prompt, or stdin lines: text or JSON {\"id\",\"prompt\"}).\n"
         "\n"
-        "  -m, --model PATH          llama2.c .bin model or checkpoint directory (required)\n"
+        "  -m, --model PATH          checkpoint directory, .gguf or llama2.c .bin (required)\n"
         "      --tokenizer FILE      llama2.c tokenizer.bin (default: found beside the model)\n"
         "  -p, --prompt TEXT         one prompt (default: read prompts from stdin)\n"
         "  -n, --samples N           samples per prompt (default 1)\n"

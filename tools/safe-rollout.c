@@ -32,7 +32,7 @@ static void usage(FILE *f) {
         "Sample completions for training and record tokens, text, finish reason, and per-token\n"
         "log-probs under the policy and the reference, and entropy (all at the temperature).\n"
         "\n"
-        "  --policy PATH            policy: checkpoint directory or llama2.c .bin\n"
+        "  --policy PATH            policy: checkpoint directory, .gguf or llama2.c .bin\n"
         "  --ref PATH               frozen reference (default: the policy itself)\n"
         "  --tokenizer FILE         tokenizer (default: the one beside the policy)\n"
         "  --prompts FILE           JSON lines {\"id\",\"prompt\"} or a shard with those fields\n"
@@ -40,8 +40,8 @@ static void usage(FILE *f) {
         "                           wrapping around (default: all prompts)\n"
         "  --samples-per-prompt K   completions per prompt (4)\n"
         "  --max-new-tokens N       (64)\n"
-        "  --max-prompt-tokens N    keep BOS and the last N-1 prompt tokens (default: refuse\n"
-        "                           prompts that leave no room to generate)\n"
+        "  --max-prompt-tokens N    keep BOS (when the tokenizer adds one) and the last tokens,\n"
+        "                           N in all (default: refuse prompts that leave no room to generate)\n"
         "  --temperature T          > 0 (1.0); greedy decoding is refused for training\n"
         "  --top-k N --top-p P      truncated sampling; refused unless --allow-truncation,\n"
         "                           since the recorded log-probs are of the untruncated policy\n"
@@ -118,7 +118,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         }
     }
     if (optind < argc) die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
-    if (!o->policy) die(EXIT_USAGE, "--policy is required (a checkpoint directory or llama2.c .bin)");
+    if (!o->policy) die(EXIT_USAGE, "--policy is required (a checkpoint directory, .gguf or llama2.c .bin)");
     if (!o->prompts) die(EXIT_USAGE, "--prompts is required (JSON lines with \"id\" and \"prompt\")");
     if (!o->ref) o->ref = o->policy;
     if (!(o->temperature > 0)) die(EXIT_USAGE, "--temperature must be > 0 (got %g): greedy decoding is refused for training", o->temperature);
@@ -219,8 +219,10 @@ static int32_t *encode_prompt(const Options *o, const Tokenizer *tok, const char
     int32_t *ids = xmalloc(tokenizer_max_tokens(text) * sizeof(int32_t));
     int n = tokenizer_encode(tok, text, 1, 0, ids);
     if (o->max_prompt_tokens && n > o->max_prompt_tokens) {
-        int keep = o->max_prompt_tokens - 1;   // BOS, then the last keep tokens
-        memmove(ids + 1, ids + n - keep, keep * sizeof(int32_t));
+        // what the tokenizer put in front (BOS; nothing for GPT-2/Qwen2), then the last keep tokens
+        int head = tokenizer_prefix_len(tok) < o->max_prompt_tokens ? tokenizer_prefix_len(tok) : 0;
+        int keep = o->max_prompt_tokens - head;
+        memmove(ids + head, ids + n - keep, keep * sizeof(int32_t));
         n = o->max_prompt_tokens;
     }
     if (n >= max_seq_len)

@@ -2,12 +2,14 @@
 //
 //   safe-score --vader < rollout.safe > scored.safe
 //   safe-score --exec 'python3 rm.py' --missing-eos-penalty 1 --clip-reward 5 -i rollout.safe -o scored.safe
+//   safe-score --rm rm-dir/ --rm-batch 8 --rm-max-length 1024 -i rollout.safe -o scored.safe
 //
 // Adds to each record
 //   reward              float64, the scalar used downstream: clip(reward_raw + eos term)
-//   reward_raw          the scorer's value (VADER compound, or the command's "reward")
+//   reward_raw          the scorer's value (VADER compound, the command's "reward", or the
+//                       reward model's score head)
 //   reward_components   map name -> number (VADER: compound, pos, neg, neu; exec: the extra
-//                       numeric keys of the answer; may be empty)
+//                       numeric keys of the answer, may be empty; rm: score)
 //   reward_eos_penalty  -X, only on records whose finish is not "eos" under --missing-eos-penalty X
 // A non-finite reward from --exec is written through (with a warning at the end): safe-critic
 // is the stage that stops on it, naming the record.
@@ -18,7 +20,8 @@
 
 #include "common.h"    // die, warn, xmalloc, safe_data_dir, exit codes
 #include "progress.h"  // progress on stderr
-#include "scorer.h"    // Scorer: scorer_vader, scorer_exec, scorer_score_batch
+#include "reward_model.h"  // RM_TRUNC_RIGHT / RM_TRUNC_LEFT
+#include "scorer.h"    // Scorer: scorer_vader, scorer_exec, scorer_rm, scorer_score_batch
 #include "shard.h"     // shard_open/next, fields_*, shard_write
 
 typedef struct {
@@ -26,6 +29,8 @@ typedef struct {
     const char *lexicon;      // --vader (NULL: the default lexicon)
     const char *emoji;        // --vader-emoji
     const char *exec;         // --exec
+    const char *rm;           // --rm DIR
+    ScorerRmOptions rmo;      // --rm-batch, --rm-max-length, --rm-truncation, --rm-input, --rm-tokenizer
     int use_vader;
     double exec_timeout;
     int exec_batch;
@@ -38,7 +43,7 @@ typedef struct {
 
 static void usage(FILE *f) {
     fprintf(f,
-        "usage: safe-score [--vader [LEXICON] | --exec CMD] [options] [-i] [ROLLOUT.safe] [-o SCORED.safe]\n"
+        "usage: safe-score [--vader [LEXICON] | --exec CMD | --rm DIR] [options] [-i] [ROLLOUT.safe] [-o SCORED.safe]\n"
         "\n"
         "Add a reward to every rollout record: reward, reward_raw, reward_components and, when\n"
         "applied, reward_eos_penalty. Writes a shard of kind \"scored\".\n"
@@ -53,6 +58,17 @@ static void usage(FILE *f) {
         "                           {\"reward\": x, ...} out, one line per request\n"
         "  --exec-timeout S         seconds to wait for each answer (60)\n"
         "  --exec-batch K           requests in flight at once (16)\n"
+        "  --rm DIR                 reward model: a Hugging Face LlamaForSequenceClassification /\n"
+        "                           Qwen2ForSequenceClassification directory; the score head read\n"
+        "                           at the last token of prompt + response\n"
+        "  --rm-input tokens|text   what it reads: the record's prompt_tokens + response_tokens\n"
+        "                           (tokens, the default: the policy's tokenizer) or the prompt +\n"
+        "                           response text encoded with the reward model's tokenizer\n"
+        "  --rm-tokenizer FILE      tokenizer for --rm-input text (default: DIR's own)\n"
+        "  --rm-batch N             sequences per forward pass (8)\n"
+        "  --rm-max-length N        truncate each sequence to N tokens (default: no limit)\n"
+        "  --rm-truncation right|left  which end --rm-max-length cuts: right keeps the first N\n"
+        "                           tokens (the default, as HF tokenizers truncate), left the last N\n"
         "  --missing-eos-penalty X  add -X to the reward of records whose finish is not \"eos\"\n"
         "  --clip-reward A          clip the reward to [-A, A] (after the penalty)\n"
         "  -i, --input FILE         rollout shard ('-' = stdin, the default)\n"
@@ -87,16 +103,20 @@ static int ends_with(const char *s, const char *suffix) {
 
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_VADER = 256, O_EMOJI, O_FIELD, O_EXEC, O_TIMEOUT, O_BATCH, O_EOS, O_CLIP, O_LEVEL,
-           O_QUIET, O_HELP, O_VERSION };
+           O_QUIET, O_HELP, O_VERSION, O_RM, O_RM_INPUT, O_RM_TOK, O_RM_BATCH, O_RM_MAXLEN, O_RM_TRUNC };
     static const struct option longs[] = {
         {"vader", optional_argument, 0, O_VADER}, {"vader-emoji", 1, 0, O_EMOJI},
         {"score-field", 1, 0, O_FIELD}, {"exec", 1, 0, O_EXEC}, {"exec-timeout", 1, 0, O_TIMEOUT},
         {"exec-batch", 1, 0, O_BATCH}, {"missing-eos-penalty", 1, 0, O_EOS},
         {"clip-reward", 1, 0, O_CLIP}, {"input", 1, 0, 'i'}, {"output", 1, 0, 'o'},
         {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
-        {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+        {"version", 0, 0, O_VERSION}, {"rm", 1, 0, O_RM}, {"rm-input", 1, 0, O_RM_INPUT},
+        {"rm-tokenizer", 1, 0, O_RM_TOK}, {"rm-batch", 1, 0, O_RM_BATCH}, {"rm-max-length", 1, 0, O_RM_MAXLEN},
+        {"rm-truncation", 1, 0, O_RM_TRUNC}, {0, 0, 0, 0}};
     *o = (Options){.output = "-", .exec_timeout = SCORER_DEFAULT_TIMEOUT,
-                   .exec_batch = SCORER_DEFAULT_BATCH, .level = 3};
+                   .exec_batch = SCORER_DEFAULT_BATCH, .level = 3,
+                   .rmo = {.input = RM_INPUT_TOKENS, .batch = 8, .trunc_side = RM_TRUNC_RIGHT}};
+    int rm_opt = 0;   // an --rm-* option was given
     int c;
     while ((c = getopt_long(argc, argv, "i:o:", longs, NULL)) != -1) {
         switch (c) {
@@ -121,6 +141,22 @@ static void parse_args(int argc, char **argv, Options *o) {
         case 'o': o->output = optarg; break;
         case O_LEVEL: o->level = parse_int("level", optarg); break;
         case O_QUIET: o->quiet = 1; break;
+        case O_RM: o->rm = optarg; break;
+        case O_RM_INPUT:
+            rm_opt = 1;
+            if (strcmp(optarg, "tokens") == 0) o->rmo.input = RM_INPUT_TOKENS;
+            else if (strcmp(optarg, "text") == 0) o->rmo.input = RM_INPUT_TEXT;
+            else die(EXIT_USAGE, "--rm-input must be tokens or text, got '%s'", optarg);
+            break;
+        case O_RM_TOK: rm_opt = 1; o->rmo.tokenizer = optarg; break;
+        case O_RM_BATCH: rm_opt = 1; o->rmo.batch = parse_int("rm-batch", optarg); break;
+        case O_RM_MAXLEN: rm_opt = 1; o->rmo.max_length = parse_int("rm-max-length", optarg); break;
+        case O_RM_TRUNC:
+            rm_opt = 1;
+            if (strcmp(optarg, "right") == 0) o->rmo.trunc_side = RM_TRUNC_RIGHT;
+            else if (strcmp(optarg, "left") == 0) o->rmo.trunc_side = RM_TRUNC_LEFT;
+            else die(EXIT_USAGE, "--rm-truncation must be right (keep the first tokens) or left (keep the last), got '%s'", optarg);
+            break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
         case O_VERSION: printf("safe-score %s\n", SAFE_VERSION); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
@@ -132,7 +168,15 @@ static void parse_args(int argc, char **argv, Options *o) {
     }
     if (optind < argc) die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!o->input) o->input = "-";
-    if (o->exec && o->use_vader) die(EXIT_USAGE, "--vader and --exec exclude each other: pick one scorer");
+    if (!!o->exec + !!o->use_vader + !!o->rm > 1) die(EXIT_USAGE, "--vader, --exec and --rm exclude each other: pick one scorer");
+    if (o->rm && !*o->rm) die(EXIT_USAGE, "--rm needs a reward model directory");
+    if (rm_opt && !o->rm) die(EXIT_USAGE, "the --rm-* options apply to the reward model scorer: add --rm DIR");
+    if (o->rm && o->emoji) die(EXIT_USAGE, "--vader-emoji applies to the VADER scorer, not --rm");
+    if (o->rmo.tokenizer && o->rmo.input != RM_INPUT_TEXT) die(EXIT_USAGE, "--rm-tokenizer is for --rm-input text");
+    if (o->rm && o->rmo.batch < 1) die(EXIT_USAGE, "--rm-batch must be >= 1 (got %d)", o->rmo.batch);
+    if (o->rm && o->rmo.max_length < 0) die(EXIT_USAGE, "--rm-max-length must be >= 1 (got %d)", o->rmo.max_length);
+    if (rm_opt && o->rmo.max_length == 0 && o->rmo.trunc_side == RM_TRUNC_LEFT)
+        warn("--rm-truncation left has no effect without --rm-max-length");
     if (o->exec && !*o->exec) die(EXIT_USAGE, "--exec needs a command");
     if (o->exec && o->emoji) die(EXIT_USAGE, "--vader-emoji applies to the VADER scorer, not --exec");
     if (!(o->exec_timeout > 0)) die(EXIT_USAGE, "--exec-timeout must be > 0 seconds (got %g)", o->exec_timeout);
@@ -153,6 +197,8 @@ typedef struct {
     Record rec;
     char *id, *prompt, *response;
     size_t prompt_len, response_len;
+    int32_t *tokens;         // prompt_tokens + response_tokens (--rm with token input), else NULL
+    int n_tokens;
     int eos;                 // finish == "eos"
 } Pending;
 
@@ -184,9 +230,24 @@ static char *copy_text(const Record *r, const char *key, int required, size_t *l
 static void pending_fill(Pending *p, const Record *r, const Options *o) {
     p->id = record_id(r);
     p->response = copy_text(r, "response", 1, &p->response_len);
-    int need_prompt = o->exec || o->field == SCORE_PROMPT_RESPONSE;
+    int need_prompt = o->exec || o->field == SCORE_PROMPT_RESPONSE || (o->rm && o->rmo.input == RM_INPUT_TEXT);
     if (need_prompt) p->prompt = copy_text(r, "prompt", 0, &p->prompt_len);
     else p->prompt = xstrdup(""), p->prompt_len = 0;
+    p->tokens = NULL;
+    p->n_tokens = 0;
+    if (o->rm && o->rmo.input == RM_INPUT_TOKENS) {
+        if (!rec_has(r, "prompt_tokens") || !rec_has(r, "response_tokens"))
+            rec_die(r, rec_has(r, "prompt_tokens") ? "response_tokens" : "prompt_tokens", EXIT_BADINPUT,
+                    "missing: the reward model reads the rollout's token ids (or pass --rm-input text)");
+        size_t np, nr;
+        int32_t *pt = rec_i32s(r, "prompt_tokens", &np, -1), *rt = rec_i32s(r, "response_tokens", &nr, -1);
+        p->tokens = xmalloc((np + nr + 1) * sizeof(int32_t));
+        memcpy(p->tokens, pt, np * sizeof(int32_t));
+        memcpy(p->tokens + np, rt, nr * sizeof(int32_t));
+        p->n_tokens = (int)(np + nr);
+        free(pt);
+        free(rt);
+    }
     if (o->has_eos) {
         size_t n;
         const char *f = rec_str(r, "finish", &n);
@@ -208,6 +269,7 @@ static void pending_clear(Pending *p) {
     free(p->id);
     free(p->prompt);
     free(p->response);
+    free(p->tokens);
 }
 
 int main(int argc, char **argv) {
@@ -218,7 +280,9 @@ int main(int argc, char **argv) {
     // the scorer first: a bad lexicon or command fails before any output exists
     Scorer *sc;
     char lexbuf[4096];
-    if (o.exec) {
+    if (o.rm) {
+        sc = scorer_rm(o.rm, &o.rmo);
+    } else if (o.exec) {
         sc = scorer_exec(o.exec);
         scorer_set_timeout(sc, o.exec_timeout);
         scorer_set_batch(sc, o.exec_batch);
@@ -241,6 +305,7 @@ int main(int argc, char **argv) {
     fields_str(h, "scorer", scorer_describe(sc));
     if (o.has_eos) fields_f64(h, "reward_missing_eos_penalty", o.eos_penalty);
     if (o.has_clip) fields_f64(h, "reward_clip", o.clip);
+    if (o.rm && o.rmo.max_length > 0) fields_i64(h, "reward_max_length", o.rmo.max_length);
     shard_write_header(w, shard_header(r), h);
     fields_free(h);
 
@@ -261,8 +326,9 @@ int main(int argc, char **argv) {
         int n = 0;
         while (n < k && (more = shard_next(r, &rec))) {
             pending_fill(&pend[n], &rec, &o);
-            req[n] = (ScoreRequest){pend[n].id, pend[n].prompt, pend[n].prompt_len,
-                                    pend[n].response, pend[n].response_len};
+            req[n] = (ScoreRequest){.id = pend[n].id, .prompt = pend[n].prompt, .prompt_len = pend[n].prompt_len,
+                                    .response = pend[n].response, .response_len = pend[n].response_len,
+                                    .tokens = pend[n].tokens, .n_tokens = pend[n].n_tokens};
             n++;
         }
         if (n == 0) break;

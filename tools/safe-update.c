@@ -49,7 +49,7 @@ static void usage(FILE *f) {
         "\n"
         "Take the SAFE (or PPO) policy step on a batch of advantaged records.\n"
         "\n"
-        "  --policy PATH          current policy: checkpoint directory or llama2.c .bin\n"
+        "  --policy PATH          current policy: checkpoint directory, .gguf or llama2.c .bin\n"
         "  --control FILE         control state from safe-pid (tau, k_short, k_long, beta);\n"
         "                         absent: the initial state (tau 0.45)\n"
         "  -i, --input FILE       advantaged records from safe-critic ('-' = stdin, default)\n"
@@ -155,7 +155,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         }
     }
     if (optind < argc) die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
-    if (!o->policy) die(EXIT_USAGE, "--policy is required (a checkpoint directory or llama2.c .bin)");
+    if (!o->policy) die(EXIT_USAGE, "--policy is required (a checkpoint directory, .gguf or llama2.c .bin)");
     if (!o->output) die(EXIT_USAGE, "-o/--output is required (the next policy's checkpoint directory)");
     int ppo = strcmp(o->algo, "ppo") == 0;
     if (!ppo && strcmp(o->algo, "safe") != 0) die(EXIT_USAGE, "--algo must be safe or ppo, got '%s'", o->algo);

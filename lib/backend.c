@@ -1,0 +1,322 @@
+// backend.c — the CPU and CUDA engines behind backend.h. The CPU branch of every function is
+// exactly the code the tools ran before the backend existed.
+#include "backend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm.h"        // comm_world, comm_info, comm_allreduce_f32
+#include "comm_nccl.h"   // comm_nccl_*: all-reduce of device gradients
+#include "common.h"      // die, xmalloc, exit codes
+
+#ifdef SAFE_CUDA
+#include "cuda_backend.h"   // cuda_device_count, cuda_init
+#include "cuda_model.h"     // CudaModel, cuda_generate
+#endif
+
+struct Backend {
+    Device dev;
+    Model *m;
+    const char *who;
+    float *before;      // CPU step limit: the weights before the step
+#ifdef SAFE_CUDA
+    CudaModel *cm;
+    int32_t *rows, *targets;   // (n_resp) predicting positions and response tokens of the last batch
+    size_t cap;
+    int nccl_up;
+#endif
+};
+
+int device_cuda_built(void) {
+#ifdef SAFE_CUDA
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int device_cuda_available(void) {
+#ifdef SAFE_CUDA
+    return cuda_device_count() > 0;
+#else
+    return 0;
+#endif
+}
+
+const char *device_name(Device d) { return d == DEVICE_CUDA ? "cuda" : "cpu"; }
+
+Device device_select(const char *opt) {
+    const char *v = opt;
+    if (!v) {
+        v = getenv("SAFE_DEVICE");
+        if (v && !*v) v = NULL;
+    }
+    if (!v || strcmp(v, "auto") == 0) return device_cuda_available() ? DEVICE_CUDA : DEVICE_CPU;
+    if (strcmp(v, "cpu") == 0) return DEVICE_CPU;
+    if (strcmp(v, "cuda") != 0)
+        die(EXIT_USAGE, "--device must be cpu, cuda or auto, got '%s'%s", v, opt ? "" : " (from $SAFE_DEVICE)");
+    if (!device_cuda_built())
+        die(EXIT_USAGE, "--device cuda: this build has no CUDA backend (nvcc was not found, or CUDA=0): rebuild "
+                        "with nvcc on the PATH, or use --device cpu");
+    if (!device_cuda_available())
+        die(EXIT_USAGE, "--device cuda: no CUDA GPU is visible (cudaGetDeviceCount = 0; check the driver and "
+                        "CUDA_VISIBLE_DEVICES), or use --device cpu");
+    return DEVICE_CUDA;
+}
+
+Backend *backend_create(Model *m, Device d, const char *who, int quiet) {
+    Backend *bk = xcalloc(1, sizeof(Backend));
+    bk->dev = d;
+    bk->m = m;
+    bk->who = who;
+    if (d == DEVICE_CUDA) {
+#ifdef SAFE_CUDA
+        // one GPU per rank: local rank modulo the visible GPUs, the rule comm_nccl uses
+        const CommInfo *ci = comm_info();
+        if (ci->world > 1 && !getenv("SAFE_CUDA_DEVICE")) {
+            char buf[16];
+            snprintf(buf, sizeof buf, "%d", ci->local_rank % cuda_device_count());
+            setenv("SAFE_CUDA_DEVICE", buf, 1);
+        }
+        bk->cm = cuda_model_create(m);
+        if (!quiet) cuda_model_report(bk->cm, stderr, who);
+#else
+        (void)quiet;
+        die(EXIT_USAGE, "%s: this build has no CUDA backend", who);
+#endif
+    }
+    return bk;
+}
+
+void backend_free(Backend *bk) {
+    if (!bk) return;
+#ifdef SAFE_CUDA
+    cuda_model_free(bk->cm);
+    free(bk->rows);
+    free(bk->targets);
+#endif
+    free(bk->before);
+    free(bk);
+}
+
+Device backend_device(const Backend *bk) { return bk->dev; }
+
+#ifdef SAFE_CUDA
+// positions that predict each response token (packed order) and the tokens themselves
+static void cuda_rows(Backend *bk, const SeqBatch *sb) {
+    size_t n = sb->n_resp;
+    if (n > bk->cap) {
+        free(bk->rows);
+        free(bk->targets);
+        bk->rows = xmalloc(n * sizeof(int32_t));
+        bk->targets = xmalloc(n * sizeof(int32_t));
+        bk->cap = n;
+    }
+    for (int b = 0; b < sb->B; b++)
+        for (int t = 0; t < sb->resp_len[b]; t++) {
+            size_t i = sb->resp_off[b] + t;
+            bk->rows[i] = (int32_t)seqbatch_pred_index(sb, b, t);
+            bk->targets[i] = sb->tokens[(size_t)b * sb->T + sb->P + t];
+        }
+    if ((size_t)sb->B * sb->T > 0x7fffffff) die(EXIT_USAGE, "%s: batch of %d x %d tokens is too large", bk->who, sb->B, sb->T);
+}
+#endif
+
+void backend_logprobs(Backend *bk, const SeqBatch *sb, float temp, float *logp, float *entropy) {
+    if (bk->dev == DEVICE_CPU) {
+        seqbatch_logprobs(bk->m, sb, temp, logp, entropy);
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_rows(bk, sb);
+    cuda_model_forward(bk->cm, sb->tokens, sb->mask, sb->B, sb->T);
+    cuda_model_logprob_rows(bk->cm, (int)sb->n_resp, bk->rows, bk->targets, temp, logp, entropy);
+#endif
+}
+
+void backend_logprobs_backward(Backend *bk, const SeqBatch *sb, float temp, const float *dlogp,
+                               const float *dentropy) {
+    if (bk->dev == DEVICE_CPU) {
+        seqbatch_logprobs_backward(bk->m, sb, temp, dlogp, dentropy);
+        return;
+    }
+#ifdef SAFE_CUDA
+    (void)sb;
+    (void)temp;   // the forward's (kept with its softmax statistics)
+    if (sb->n_resp) cuda_model_logprob_rows_backward(bk->cm, dlogp, dentropy);
+#endif
+}
+
+void backend_hidden(Backend *bk, const SeqBatch *sb, float *hidden) {
+    if (bk->dev == DEVICE_CPU) {
+        model_forward(bk->m, sb->tokens, sb->mask, sb->B, sb->T, 0);
+        seqbatch_gather(sb, bk->m->hidden, bk->m->cfg.dim, hidden);
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_rows(bk, sb);
+    cuda_model_forward(bk->cm, sb->tokens, sb->mask, sb->B, sb->T);
+    cuda_model_hidden_rows(bk->cm, (int)sb->n_resp, bk->rows, hidden);
+#endif
+}
+
+void backend_hidden_backward(Backend *bk, const SeqBatch *sb, const float *dhidden) {
+    if (bk->dev == DEVICE_CPU) {
+        int C = bk->m->cfg.dim;
+        float *full = xcalloc((size_t)sb->B * sb->T * C, sizeof(float));
+        seqbatch_scatter(sb, dhidden, C, full);
+        model_backward(bk->m, NULL, full);
+        free(full);
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_rows(bk, sb);
+    cuda_model_hidden_rows_backward(bk->cm, (int)sb->n_resp, bk->rows, dhidden);
+#endif
+}
+
+void backend_zero_grad(Backend *bk) {
+    if (bk->dev == DEVICE_CPU) {
+        model_zero_grad(bk->m);
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_model_zero_grad(bk->cm);
+#endif
+}
+
+void backend_allreduce_grads(Backend *bk, const char *what) {
+    if (bk->dev == DEVICE_CPU) {
+        comm_allreduce_f32(bk->m->grads, bk->m->n_params, COMM_SUM, what);
+        return;
+    }
+#ifdef SAFE_CUDA
+    if (comm_world() <= 1) return;
+    if (comm_nccl_built()) {
+        if (!bk->nccl_up) {
+            comm_nccl_init();
+            bk->nccl_up = 1;
+        }
+        size_t n;
+        float *g = cuda_model_grads_device(bk->cm, &n);
+        cuda_sync(what);   // the backward's kernels are on this process's own stream
+        comm_nccl_allreduce_f32(g, n, COMM_SUM, NULL, what);
+        return;
+    }
+    // honest note: without NCCL the gradients cross the host twice per step
+    Model *m = bk->m;
+    if (!m->grads) model_zero_grad(m);
+    cuda_model_download_grads(bk->cm, m->grads);
+    comm_allreduce_f32(m->grads, m->n_params, COMM_SUM, what);
+    cuda_model_upload_grads(bk->cm, m->grads);
+#endif
+}
+
+const float *backend_grads_for_dump(Backend *bk) {
+    if (bk->dev == DEVICE_CPU) return bk->m->grads;
+#ifdef SAFE_CUDA
+    const char *d = getenv("SAFE_DUMP_GRADS");
+    if (!d || !*d) return NULL;
+    if (!bk->m->grads) model_zero_grad(bk->m);
+    cuda_model_download_grads(bk->cm, bk->m->grads);
+    return bk->m->grads;
+#else
+    return NULL;
+#endif
+}
+
+long long backend_first_nonfinite_grad(Backend *bk) {
+    if (bk->dev == DEVICE_CPU) {
+        const Model *m = bk->m;
+        for (size_t i = 0; i < m->n_params; i++)
+            if (!isfinite(m->grads[i])) return (long long)i;
+        return -1;
+    }
+#ifdef SAFE_CUDA
+    return cuda_model_first_nonfinite_grad(bk->cm);
+#else
+    return -1;
+#endif
+}
+
+double backend_clip_grads(Backend *bk, double max_norm) {
+    if (bk->dev == DEVICE_CPU) return grad_clip(bk->m->grads, bk->m->n_params, max_norm);
+#ifdef SAFE_CUDA
+    double norm = sqrt(cuda_model_grad_sumsq(bk->cm));
+    if (max_norm > 0.0 && norm > max_norm) {
+        float coef = (float)(max_norm / (norm + 1e-6));   // clip_grad_norm_'s coefficient, as grad_clip
+        cuda_model_scale_grads(bk->cm, coef);
+    }
+    return norm;
+#else
+    return 0.0;
+#endif
+}
+
+void backend_scale_grads(Backend *bk, float s) {
+    if (bk->dev == DEVICE_CPU) {
+        Model *m = bk->m;
+        for (size_t i = 0; i < m->n_params; i++) m->grads[i] *= s;
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_model_scale_grads(bk->cm, s);
+#endif
+}
+
+void backend_adamw_step(Backend *bk, AdamW *opt) {
+    if (bk->dev == DEVICE_CPU) {
+        adamw_step(opt, bk->m->params, bk->m->grads);
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_model_adamw_step(bk->cm, opt);
+#endif
+}
+
+void backend_snapshot(Backend *bk) {
+    if (bk->dev == DEVICE_CPU) {
+        Model *m = bk->m;
+        if (!bk->before) bk->before = xmalloc(m->n_params * sizeof(float));
+        memcpy(bk->before, m->params, m->n_params * sizeof(float));
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_model_snapshot(bk->cm);
+#endif
+}
+
+void backend_blend(Backend *bk, float s) {
+    if (bk->dev == DEVICE_CPU) {
+        Model *m = bk->m;
+        if (!bk->before) die(EXIT_USAGE, "backend_blend without a snapshot");
+        for (size_t i = 0; i < m->n_params; i++) m->params[i] = bk->before[i] + s * (m->params[i] - bk->before[i]);
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_model_blend(bk->cm, s);
+#endif
+}
+
+void backend_sync(Backend *bk, AdamW *opt) {
+    if (bk->dev == DEVICE_CPU) return;
+#ifdef SAFE_CUDA
+    cuda_model_download(bk->cm, bk->m);
+    if (opt) cuda_model_adamw_download(bk->cm, opt);
+#else
+    (void)opt;
+#endif
+}
+
+void backend_generate(Backend *bk, const GenConfig *cfg, const GenRequest *reqs, int n, GenResult *out,
+                      GenDoneFn on_done, void *ctx) {
+    if (bk->dev == DEVICE_CPU) {
+        generate(bk->m, cfg, reqs, n, out, on_done, ctx);
+        return;
+    }
+#ifdef SAFE_CUDA
+    cuda_generate(bk->cm, cfg, reqs, n, out, on_done, ctx);
+#endif
+}

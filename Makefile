@@ -4,7 +4,7 @@
 #   make test         CPU test suite; last line "N passed, N failed"
 #   make test-asan    the same suite under AddressSanitizer + UBSan (build/asan/)
 #   make bench        benchmarks with ratios against named baselines
-#   make demo         SAFE on stories260K with a VADER sentiment reward
+#   make demo         SAFE on stories260K with a VADER sentiment reward (DEVICE=cuda: on the GPU)
 #   make deps         install the Debian packages the build needs
 #   make install PREFIX=/usr/local
 #
@@ -18,7 +18,7 @@ CC      ?= cc
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 SAN     ?= 0
 
-CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -g -fopenmp -Ilib
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-psabi -g -fopenmp -Ilib
 ifeq ($(SAN),1)
   OPT     ?= -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
   CUDA    := 0
@@ -36,7 +36,7 @@ else
   CUDA ?= 1
 endif
 CUDA_HOME   ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-NVCCFLAGS   ?= -O2 -std=c++17 -Ilib -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
+NVCCFLAGS   ?= -O2 -std=c++17 -Ilib -Xcompiler -Wall,-Wextra -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 KERNEL_SRC  := $(wildcard kernels/*.cu)
 ifeq ($(CUDA),1)
   ifneq ($(KERNEL_SRC),)
@@ -68,7 +68,14 @@ endif
 ifeq ($(NCCL),1)
   NCCL_CFLAGS := -DSAFE_NCCL -I$(CUDA_HOME)/include
   LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--as-needed -lnccl -lcudart -Wl,--no-as-needed
-  GPU_TESTS   := $(patsubst tests/gpu/%.c,$(BUILD)/gpu/%,$(wildcard tests/gpu/*.c))
+endif
+# tests/gpu/*.c: programs for a GPU machine, built (not run) by `make tests` when CUDA is;
+# nccl_check only with NCCL.
+ifeq ($(CUDA),1)
+  GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/gpu/%,$(wildcard tests/gpu/*.c))
+  ifneq ($(NCCL),1)
+    GPU_TESTS := $(filter-out $(BUILD)/gpu/nccl_check,$(GPU_TESTS))
+  endif
 endif
 
 LIB_SRC   := $(wildcard lib/*.c)
@@ -119,7 +126,7 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIBSAFE) $(HEADERS)
 tools: $(TOOLS)
 tests: $(TESTS) $(GPU_TESTS)
 gpu-tests: $(GPU_TESTS)
-	@test "$(NCCL)" = 1 || { echo "gpu-tests: this build has no NCCL (it needs nvcc and nccl.h: CUDA=1 NCCL=1)"; exit 2; }
+	@test -n "$(GPU_TESTS)" || { echo "gpu-tests: this build has no CUDA (it needs nvcc: CUDA=1)"; exit 2; }
 benches: $(BENCHES)
 
 test: all tests
@@ -156,8 +163,12 @@ DEMO_MODEL ?= ../shared/data/stories260K/stories260K.bin
 DEMO_FLAGS ?= RUN=$(DEMO_DIR) ITERS=$(DEMO_ITERS) ALGO=$(ALGO) SAFE_BIN=$(BIN) MODEL=$(DEMO_MODEL) \
               BATCH=16 SAMPLES=4 MAX_NEW=48 SEED=1 \
               UPDATE_OPTS="--lr 1e-4" CRITIC_OPTS="--lr 1e-4" PID_OPTS="--window 10" \
-              $(if $(DEMO_LAUNCH_DP),LAUNCH_DP="$(strip $(DEMO_LAUNCH_DP))")
+              $(if $(DEMO_LAUNCH_DP),LAUNCH_DP="$(strip $(DEMO_LAUNCH_DP))") $(if $(DEVICE),DEVICE=$(DEVICE))
 DEMO_PROMPT = Once upon a time, there was a little girl named Lucy.
+# DEVICE=cpu|cuda: where the demo's models run (empty: each tool's default); safe-generate gets
+# it too, and --quiet so that the GPU's memory plan does not interleave with the stories
+DEVICE     ?=
+DEMO_DEV    = $(if $(DEVICE),--device $(DEVICE) --quiet)
 
 demo: all
 	@test -f $(DEMO_MODEL) || { echo "demo: $(DEMO_MODEL) not found: see README.md, 'Data'"; exit 2; }
@@ -166,11 +177,11 @@ demo: all
 	@test "$(RANKS)" = 1 || echo "== critic and update data parallel: mpirun -np $(RANKS), $(DEMO_THREADS) OpenMP thread(s) per rank"
 	@echo "== $(ALGO) on stories260K, TinyStories prompts, VADER reward: $(DEMO_ITERS) iterations of 64 rollouts -> $(DEMO_DIR)/"
 	@echo "== before training (seed 7, temperature 0.8):"
-	@$(BIN)/safe-generate --model $(DEMO_MODEL) --prompt "$(DEMO_PROMPT)" -n 3 --seed 7 --temperature 0.8 --max-new-tokens 48
+	@$(BIN)/safe-generate --model $(DEMO_MODEL) --prompt "$(DEMO_PROMPT)" -n 3 --seed 7 --temperature 0.8 --max-new-tokens 48 $(DEMO_DEV)
 	@$(BIN)/safe-report --header
 	@$(MAKE) -s --no-print-directory -f pipelines/safe.mk $(DEMO_FLAGS)
 	@echo "== after training (same seed):"
-	@$(BIN)/safe-generate --model $(DEMO_DIR)/$$(printf %04d $$(($(DEMO_ITERS) - 1)))/policy --prompt "$(DEMO_PROMPT)" -n 3 --seed 7 --temperature 0.8 --max-new-tokens 48
+	@$(BIN)/safe-generate --model $(DEMO_DIR)/$$(printf %04d $$(($(DEMO_ITERS) - 1)))/policy --prompt "$(DEMO_PROMPT)" -n 3 --seed 7 --temperature 0.8 --max-new-tokens 48 $(DEMO_DEV)
 	@echo "== files: $(DEMO_DIR)/NNNN/{rollout,scored,adv,stats,control}.safe, policy/, critic/ (safe-cat to read them)"
 
 demo-clean:

@@ -70,17 +70,22 @@ static Tokenizer *load_llama2c(const char *path, int vocab_size);
 
 static int file_exists(const char *p) { struct stat st; return stat(p, &st) == 0 && S_ISREG(st.st_mode); }
 
-// The file's first non-blank byte ('{' for JSON) or its 4-byte magic.
-static int sniff(const char *path, char magic[4]) {
+// What a file holds, from its first bytes: 'G' GGUF ("GGUF" magic), 'J' JSON (a '{', then a
+// '"' or '}', blanks between: a tokenizer.bin whose max_token_length is 123 starts with '{' and
+// a zero byte), 'B' anything else (a llama2.c tokenizer.bin), -1 unreadable.
+static int sniff(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return -1;
-    memset(magic, 0, 4);
+    char magic[4] = {0};
     size_t n = fread(magic, 1, 4, f);
-    int c = 0;
+    int c[2] = {0, 0};
     rewind(f);
-    while ((c = fgetc(f)) != EOF && (c == ' ' || c == '\t' || c == '\n' || c == '\r')) {}
+    for (int k = 0; k < 2; k++)
+        while ((c[k] = fgetc(f)) != EOF && (c[k] == ' ' || c[k] == '\t' || c[k] == '\n' || c[k] == '\r')) {}
     fclose(f);
-    return n == 0 ? -1 : c;
+    if (n == 0) return -1;
+    if (n == 4 && memcmp(magic, "GGUF", 4) == 0) return 'G';
+    return c[0] == '{' && (c[1] == '"' || c[1] == '}') ? 'J' : 'B';
 }
 
 Tokenizer *tokenizer_load(const char *path, int vocab_size) {
@@ -97,11 +102,10 @@ Tokenizer *tokenizer_load(const char *path, int vocab_size) {
         free(p);
         return t;
     }
-    char magic[4];
-    int first = sniff(path, magic);
-    if (first >= 0 && memcmp(magic, "GGUF", 4) == 0) return tokenizer_load_gguf(path, vocab_size);
-    if (first == '{') return tokenizer_load_json(path, vocab_size);
-    return load_llama2c(path, vocab_size);
+    int kind = sniff(path);
+    if (kind == 'G') return tokenizer_load_gguf(path, vocab_size);
+    if (kind == 'J') return tokenizer_load_json(path, vocab_size);
+    return load_llama2c(path, vocab_size);   // (and its messages for a missing file)
 }
 
 const char *tokenizer_kind_name(const Tokenizer *t) {
@@ -303,8 +307,10 @@ static int bpe_starts_text(const Tokenizer *t, int prev) {
 }
 
 const char *tokenizer_piece(const Tokenizer *t, int prev, int token, int *len) {
-    if (t->kind == TOKENIZER_BPE)
-        return bpe_piece(t, bpe_starts_text(t, prev) ? tokenizer_bpe_strip_start(t) : 0, bpe_starts_text(t, prev), token, len);
+    if (t->kind == TOKENIZER_BPE) {
+        int starts = bpe_starts_text(t, prev);
+        return bpe_piece(t, starts ? tokenizer_bpe_strip_start(t) : 0, starts, token, len);
+    }
     if (token < 0 || token >= t->vocab_size || token == t->bos_id || token == t->eos_id) {
         *len = 0;
         return "";

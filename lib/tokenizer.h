@@ -21,7 +21,8 @@
 // A model directory is accepted too: DIR/tokenizer.json, else DIR/tokenizer.bin, else
 // DIR/tokenizer.gguf (as model_tokenizer_path looks for them).
 //
-// Not thread-safe to load; encoding locks the BPE tokenizer's cache, so threads may share one.
+// Threads may share a tokenizer: decoding only reads it, and BPE encoding holds a lock around
+// its scratch buffers and pre-token cache (one encode at a time per tokenizer).
 #ifndef SAFE_TOKENIZER_H
 #define SAFE_TOKENIZER_H
 

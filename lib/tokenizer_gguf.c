@@ -111,7 +111,8 @@ Tokenizer *tokenizer_load_gguf(const char *path, int vocab_size) {
     Gguf *g = gguf_open(path);
     char *model = gguf_get_strdup(g, "tokenizer.ggml.model");
     char *pre = gguf_get_strdup(g, "tokenizer.ggml.pre");
-    if (!model) die(EXIT_BADINPUT, "%s: no tokenizer.ggml.model in the metadata\n  hint: pass --tokenizer tokenizer.json", path);
+    if (!model)
+        die(EXIT_BADINPUT, "%s: no tokenizer.ggml.model in the metadata\n  hint: pass --tokenizer tokenizer.json", path);
     int sp = !strcmp(model, "llama");
     if (!sp && strcmp(model, "gpt2") != 0)
         die(EXIT_BADINPUT, "%s: tokenizer.ggml.model \"%s\" is not supported (gpt2 and llama are)", path, model);
@@ -120,7 +121,9 @@ Tokenizer *tokenizer_load_gguf(const char *path, int vocab_size) {
     if (n <= 0) die(EXIT_BADINPUT, "%s: tokenizer.ggml.tokens missing or empty", path);
     int32_t *types = NULL;
     int64_t nt = gguf_get_i32_arr(g, "tokenizer.ggml.token_type", &types);
-    if (nt >= 0 && nt != n) die(EXIT_BADINPUT, "%s: tokenizer.ggml.token_type has %lld entries for %lld tokens", path, (long long)nt, (long long)n);
+    if (nt >= 0 && nt != n)
+        die(EXIT_BADINPUT, "%s: tokenizer.ggml.token_type has %lld entries for %lld tokens", path, (long long)nt,
+            (long long)n);
 
     // identity: the tokenizer metadata, not the whole (large) file
     uint64_t hash = tok_fnv1a(model, strlen(model), TOK_FNV_OFFSET);
@@ -140,7 +143,9 @@ Tokenizer *tokenizer_load_gguf(const char *path, int vocab_size) {
     if (sp) {
         float *scores = NULL;
         int64_t ns = gguf_get_f32_arr(g, "tokenizer.ggml.scores", &scores);
-        if (ns != n) die(EXIT_BADINPUT, "%s: tokenizer.ggml.scores has %lld entries for %lld tokens", path, (long long)ns, (long long)n);
+        if (ns != n)
+            die(EXIT_BADINPUT, "%s: tokenizer.ggml.scores has %lld entries for %lld tokens", path, (long long)ns,
+                (long long)n);
         hash = tok_fnv1a(scores, (size_t)n * sizeof(float), hash);
         // a throwaway tokenizer for piece lookups while the merges are made
         Tokenizer vt = {.vocab_size = (int)n};

@@ -39,6 +39,9 @@ TEMP       ?= 1.0
 LEVEL      ?= 3
 LAUNCH     ?=
 LAUNCH_DP  ?=
+# DEVICE=cpu|cuda: where the model stages (rollout, critic, update) run; empty: each tool's
+# default (cuda when built with CUDA and a GPU is visible, else cpu).
+DEVICE     ?=
 QUIET      ?= --quiet
 ROLLOUT_OPTS ?=
 SCORE_OPTS   ?=
@@ -51,6 +54,7 @@ ITER_NAMES := $(shell seq -f %04g 0 $$(( $(ITERS) - 1 )))
 SHARD_IDS  := $(shell seq 0 $$(( $(SHARDS) - 1 )))
 LAST       := $(lastword $(ITER_NAMES))
 B          := $(SAFE_BIN)
+DEV        := $(if $(DEVICE),--device $(DEVICE))
 
 # Previous iteration's name (empty for the first).
 prev = $(if $(filter 0000,$(1)),,$(shell printf %04d $$(expr $(1) - 1)))
@@ -82,7 +86,7 @@ $(RUN)/$(1)/rollout.$(2).safe: $(call policy_dep,$(1))
 	@$(LAUNCH) $(B)/safe-rollout --policy $(call policy_path,$(1)) --ref $(REF) --prompts $(PROMPTS) \
 	  --num-prompts $(BATCH) --samples-per-prompt $(SAMPLES) --max-new-tokens $(MAX_NEW) \
 	  --temperature $(TEMP) --seed $(SEED) --iteration $(call num,$(1)) --shard $(2)/$(SHARDS) \
-	  --level $(LEVEL) $(QUIET) $(ROLLOUT_OPTS) -o $$@
+	  --level $(LEVEL) $(QUIET) $(DEV) $(ROLLOUT_OPTS) -o $$@
 
 $(RUN)/$(1)/scored.$(2).safe: $(RUN)/$(1)/rollout.$(2).safe
 	@$(LAUNCH) $(B)/safe-score $(SCORER) $(SCORE_OPTS) --level $(LEVEL) $(QUIET) -i $$< -o $$@
@@ -100,12 +104,12 @@ $(RUN)/$(1)/scored.safe: $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/scored.$(k).safe) 
 
 $(RUN)/$(1)/adv.safe: $(RUN)/$(1)/scored.safe $(call critic_dep,$(1)) $(call control_path,$(1))
 	@$(LAUNCH_DP) $(B)/safe-critic $(call critic_arg,$(1)) --control $(call control_path,$(1)) \
-	  --algo $(ALGO) --seed $(SEED) --level $(LEVEL) $(QUIET) $(CRITIC_OPTS) \
+	  --algo $(ALGO) --seed $(SEED) --level $(LEVEL) $(QUIET) $(DEV) $(CRITIC_OPTS) \
 	  -i $$< -o $$@ --out-critic $(RUN)/$(1)/critic
 
 $(RUN)/$(1)/stats.safe: $(RUN)/$(1)/adv.safe $(call policy_dep,$(1)) $(call control_path,$(1))
 	@$(LAUNCH_DP) $(B)/safe-update --policy $(call policy_path,$(1)) --control $(call control_path,$(1)) \
-	  --algo $(ALGO) --seed $(SEED) --level $(LEVEL) $(QUIET) $(UPDATE_OPTS) \
+	  --algo $(ALGO) --seed $(SEED) --level $(LEVEL) $(QUIET) $(DEV) $(UPDATE_OPTS) \
 	  -i $$< -o $(RUN)/$(1)/policy --stats $$@
 
 $(RUN)/$(1)/control.safe: $(RUN)/$(1)/stats.safe $(call control_path,$(1))

@@ -302,12 +302,22 @@ TEST(gguf_sentencepiece_matches_llama2c) {
     int bad = 0, dec_bad = 0, n_cmp = 0;
     for (int k = 0; k < n_texts; k++) {
         const char *x = texts[k].text;
-        if (strstr(x, "<s>") || strstr(x, "</s>") || strstr(x, "<unk>") || strstr(x, "\xe2\x96\x81")) continue;   // special in GGUF only
-        int32_t *a = xmalloc(tokenizer_max_tokens(x) * sizeof(int32_t)), *b = xmalloc(tokenizer_max_tokens(x) * sizeof(int32_t));
+        // <s>, </s>, <unk> are special tokens in the GGUF (llama.cpp) reading only; a literal ▁
+        // is a space to the GGUF tokenizer only
+        if (strstr(x, "<s>") || strstr(x, "</s>") || strstr(x, "<unk>") || strstr(x, "\xe2\x96\x81")) continue;
+        size_t cap = tokenizer_max_tokens(x) * sizeof(int32_t);
+        int32_t *a = xmalloc(cap), *b = xmalloc(cap);
         int na = tokenizer_encode(g, x, 1, 0, a), nb = tokenizer_encode(l, x, 1, 0, b);
-        if ((na != nb || memcmp(a, b, (size_t)na * sizeof(int32_t)) != 0) && bad++ == 0) show_mismatch(g, &texts[k], a, na, b, nb);
+        if ((na != nb || memcmp(a, b, (size_t)na * sizeof(int32_t)) != 0) && bad++ == 0)
+            show_mismatch(g, &texts[k], a, na, b, nb);
         char *da = tokenizer_decode(g, -1, a, na, NULL), *db = tokenizer_decode(l, -1, b, nb, NULL);
-        if (strcmp(da, db) != 0 && dec_bad++ == 0) { printf("  decode differs: %s\n  gguf     ", texts[k].id); show(da, strlen(da), 200); printf("\n  llama2.c "); show(db, strlen(db), 200); printf("\n"); }
+        if (strcmp(da, db) != 0 && dec_bad++ == 0) {
+            printf("  decode differs: %s\n  gguf     ", texts[k].id);
+            show(da, strlen(da), 200);
+            printf("\n  llama2.c ");
+            show(db, strlen(db), 200);
+            printf("\n");
+        }
         n_cmp++;
         free(a); free(b); free(da); free(db);
     }
@@ -321,11 +331,13 @@ TEST(gguf_sentencepiece_matches_llama2c) {
 TEST(smollm2_gguf_parity) {
     const char *path = getenv("SAFE_SMOLLM2_GGUF");
     glob_t g = {0};
-    if (!path && glob("models/SmolLM2-135M-Instruct*.gguf", 0, NULL, &g) == 0 && g.gl_pathc > 0) path = g.gl_pathv[0];
+    if (!path && glob("models/SmolLM2-135M-Instruct*.gguf", 0, NULL, &g) == 0 && g.gl_pathc > 0)
+        path = g.gl_pathv[0];
     FILE *ref = fopen(FX "/smollm2.ref", "r");
     if (!path || !gguf_is_gguf_file(path) || !ref) {
         printf("  skipped: %s\n", !ref ? FX "/smollm2.ref not generated"
-                                       : "no SmolLM2 GGUF (sh tests/setup-smollm2.sh fetches it into models/, or set SAFE_SMOLLM2_GGUF)");
+                                       : "no SmolLM2 GGUF (sh tests/setup-smollm2.sh fetches it into "
+                                         "models/, or set SAFE_SMOLLM2_GGUF)");
         if (ref) fclose(ref);
         globfree(&g);
         return;

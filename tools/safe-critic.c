@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "adamw.h"       // AdamW, grad_clip
+#include "backend.h"     // Backend: the backbone on the CPU or the GPU (--device)
 #include "advantage.h"   // RewardNorm, token_rewards, gae_sequence, whiten, advantage_sequence
 #include "checkpoint.h"  // model_load, checkpoint_save/load_*
 #include "comm.h"        // ranks, slices, all-gather of values, all-reduce of gradients
@@ -38,6 +39,7 @@
 typedef struct {
     const char *critic, *init_from, *control, *input, *output, *out_critic;
     const char *algo, *adv_mode;
+    const char *device;   // --device: cpu, cuda, auto (NULL: automatic)
     float gamma, lambda, alpha, vf_clip, huber_delta;
     float lr, weight_decay, grad_clip, beta;
     int epochs, minibatches, head_hidden;
@@ -79,6 +81,7 @@ static void usage(FILE *f) {
         "  --level N              zstd level of the output (3; 0 = raw)\n"
         "  --quiet                no progress on stderr\n"
         "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
+        DEVICE_USAGE
         "  --help, --version\n"
         "\n"
         "Data parallel: mpirun -np N safe-critic ... (see DATA PARALLEL in the man page).\n");
@@ -101,7 +104,7 @@ static int parse_int(const char *opt, const char *s) {
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_CRITIC = 256, O_INIT, O_CONTROL, O_OUTCRITIC, O_ALGO, O_ADV, O_GAMMA, O_LAMBDA, O_ALPHA,
            O_VFCLIP, O_HUBER, O_BETA, O_LR, O_WD, O_GCLIP, O_EPOCHS, O_MB, O_HH, O_NOWHITEN, O_SEED,
-           O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION };
+           O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION, O_DEVICE };
     static const struct option longs[] = {
         {"critic", 1, 0, O_CRITIC}, {"init-from", 1, 0, O_INIT}, {"control", 1, 0, O_CONTROL},
         {"input", 1, 0, 'i'}, {"output", 1, 0, 'o'}, {"out-critic", 1, 0, O_OUTCRITIC},
@@ -112,7 +115,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"minibatches", 1, 0, O_MB}, {"head-hidden", 1, 0, O_HH}, {"no-whiten", 0, 0, O_NOWHITEN},
         {"seed", 1, 0, O_SEED}, {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET},
         {"comm-timeout", 1, 0, O_COMMTO}, {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION},
-        {0, 0, 0, 0}};
+        {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
     *o = (Options){.input = "-", .output = "-", .algo = "safe", .adv_mode = "token", .gamma = 1.0f,
                    .lambda = 0.95f, .alpha = 0.3f, .vf_clip = 0.2f, .huber_delta = 0.5f,
                    .lr = 1e-5f, .weight_decay = 0.01f, .grad_clip = 0.5f, .beta = 0.05f,
@@ -145,6 +148,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_LEVEL: o->level = parse_int("level", optarg); break;
         case O_QUIET: o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
+        case O_DEVICE: o->device = optarg; break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
         case O_VERSION: printf("safe-critic %s (data parallel: %s)\n", SAFE_VERSION, comm_backend()); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
@@ -168,12 +172,14 @@ static void parse_args(int argc, char **argv, Options *o) {
     if (o->minibatches < 1) die(EXIT_USAGE, "--minibatches must be >= 1 (got %d)", o->minibatches);
     if (o->head_hidden < 0) die(EXIT_USAGE, "--head-hidden must be > 0 (got %d)", o->head_hidden);
     if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
+    (void)device_select(o->device);   // --device cuda without a GPU: exit 1 before any work
 }
 
 // ---- the critic: backbone + heads + their optimisers + the reward normaliser ----
 
 typedef struct {
     Model *backbone;
+    Backend *bk;         // where the backbone runs; the heads stay on the CPU (C*Hd*2 parameters)
     ValueHead *head;
     AdamW *opt_backbone, *opt_head;
     RewardNorm norm;
@@ -255,6 +261,7 @@ static void critic_save(const Options *o, Critic *c, long iteration) {
 }
 
 static void critic_free(Critic *c) {
+    backend_free(c->bk);
     model_free(c->backbone);
     valuehead_free(c->head);
     adamw_free(c->opt_backbone);
@@ -265,8 +272,7 @@ static void critic_free(Critic *c) {
 // Values of every response token of sb: v1, v2 (n_resp; v2 unused with one head). Leaves the
 // backbone's and head's activations in place for a following backward. hid: (n_resp, C) scratch.
 static void critic_values(Critic *c, const SeqBatch *sb, float *hid, float *v1, float *v2) {
-    model_forward(c->backbone, sb->tokens, sb->mask, sb->B, sb->T, 0);
-    seqbatch_gather(sb, c->backbone->hidden, c->backbone->cfg.dim, hid);
+    backend_hidden(c->bk, sb, hid);
     valuehead_forward(c->head, hid, sb->n_resp, v1, c->head->n_heads == 2 ? v2 : NULL);
 }
 
@@ -464,31 +470,29 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     if (!isfinite(loss)) die(EXIT_RUNTIME, "non-finite critic value loss: lower the critic --lr?");
 
     // backward: heads -> hidden at the predicting positions -> backbone
-    model_zero_grad(c->backbone);
+    backend_zero_grad(c->bk);
     valuehead_zero_grad(c->head);
     float *dh = xcalloc(n * C, sizeof(float));
     valuehead_backward(c->head, hid, sb->n_resp, dv1, heads == 2 ? dv2 : NULL, dh);
-    float *dhidden = xcalloc((size_t)sb->B * sb->T * C, sizeof(float));
-    seqbatch_scatter(sb, dh, C, dhidden);
-    model_backward(c->backbone, NULL, dhidden);
-    comm_allreduce_f32(c->backbone->grads, c->backbone->n_params, COMM_SUM, "critic backbone gradients");
+    backend_hidden_backward(c->bk, sb, dh);   // scattered to the predicting positions, then the backbone
+    backend_allreduce_grads(c->bk, "critic backbone gradients");
     comm_allreduce_f32(c->head->grads, c->head->n_params, COMM_SUM, "value head gradients");
     const char *gnames[2] = {"backbone", "value_head"};
-    const float *gbufs[2] = {c->backbone->grads, c->head->grads};
+    const float *gbufs[2] = {backend_grads_for_dump(c->bk), c->head->grads};
     size_t glens[2] = {c->backbone->n_params, c->head->n_params};
     comm_dump_grads(cs->updates, 2, gnames, gbufs, glens);
 
     // one global norm over backbone and heads, then both optimisers step
-    double n1 = grad_clip(c->backbone->grads, c->backbone->n_params, 0);
+    double n1 = backend_clip_grads(c->bk, 0);
     double n2 = grad_clip(c->head->grads, c->head->n_params, 0);
     double norm = sqrt(n1 * n1 + n2 * n2);
     if (!isfinite(norm)) die(EXIT_RUNTIME, "non-finite critic gradient: lower the critic --lr?");
     if (o->grad_clip > 0 && norm > o->grad_clip) {
         float scale = (float)(o->grad_clip / (norm + 1e-6));
-        for (size_t i = 0; i < c->backbone->n_params; i++) c->backbone->grads[i] *= scale;
+        backend_scale_grads(c->bk, scale);
         for (size_t i = 0; i < c->head->n_params; i++) c->head->grads[i] *= scale;
     }
-    adamw_step(c->opt_backbone, c->backbone->params, c->backbone->grads);
+    backend_adamw_step(c->bk, c->opt_backbone);
     adamw_step(c->opt_head, c->head->params, c->head->grads);
 
     cs->value_loss += loss;
@@ -496,7 +500,7 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     cs->grad_norm += norm;
     cs->updates++;
     free(hid); free(v1); free(v2); free(o1); free(o2); free(ret); free(dv1); free(dv2);
-    free(mf); free(mfull); free(mask); free(dh); free(dhidden);
+    free(mf); free(mfull); free(mask); free(dh);
     seqbatch_free(sb);
 }
 
@@ -576,6 +580,7 @@ int main(int argc, char **argv) {
     long iteration = (long)recstore_header_f64(s, "iteration", 0);
 
     Critic *c = critic_load(&o);
+    c->bk = backend_create(c->backbone, device_select(o.device), "safe-critic", o.quiet);
     int B = (int)s->n;
     SeqBatch *sb = records_seqbatch(s, NULL, B);
     if (ci->world > 1) {
@@ -611,6 +616,7 @@ int main(int argc, char **argv) {
     progress_end(p);
 
     // the ranks took identical steps: check it (cheap) before rank 0 writes
+    backend_sync(c->bk, c->opt_backbone);   // backbone weights and moments back from the device
     comm_check_same(c->backbone->params, c->backbone->n_params * sizeof(float), "the updated critic backbone");
     comm_check_same(c->head->params, c->head->n_params * sizeof(float), "the updated value heads");
     if (root) {

@@ -5,6 +5,7 @@
 //
 // Prompts come from --prompt, or from stdin: one per line, either plain text or a JSON object
 // with "prompt" (and optionally "id"), so prompts.jsonl files work as they are.
+#include "backend.h"      // Backend: the model on the CPU or the GPU (--device)
 #include "checkpoint.h"   // model_load, model_tokenizer_path
 #include "common.h"       // die, exit codes, safe_progname
 #include "generate.h"     // generate, GenRequest, GenResult
@@ -34,6 +35,8 @@ static void usage(FILE *f) {
         "      --batch N             sequences decoded together (default 16)\n"
         "      --threads N           OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
         "      --format FMT          text (default) or jsonl\n"
+        "      --device cpu|cuda     where the model runs (default: cuda when this build has CUDA\n"
+        "                            and a GPU is visible, else cpu; $SAFE_DEVICE overrides)\n"
         "  -q, --quiet               no progress or summary on stderr\n"
         "  -h, --help                this help\n"
         "      --version             print the version\n"
@@ -98,10 +101,10 @@ static Prompt *read_prompts(int *n_out) {
 
 int main(int argc, char **argv) {
     safe_progname = "safe-generate";
-    const char *model_path = NULL, *tok_path = NULL, *prompt = NULL, *format = "text";
+    const char *model_path = NULL, *tok_path = NULL, *prompt = NULL, *format = "text", *device = NULL;
     GenConfig gc = {.sampler = sampler_defaults(), .max_new_tokens = 200, .batch = 16, .seed = 0, .iteration = 0};
     int samples = 1, quiet = 0, threads = 0;
-    enum { O_TOKENIZER = 256, O_TOPK, O_TOPP, O_GREEDY, O_MAXNEW, O_BATCH, O_THREADS, O_FORMAT, O_VERSION };
+    enum { O_TOKENIZER = 256, O_TOPK, O_TOPP, O_GREEDY, O_MAXNEW, O_BATCH, O_THREADS, O_FORMAT, O_VERSION, O_DEVICE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},       {"tokenizer", required_argument, 0, O_TOKENIZER},
         {"prompt", required_argument, 0, 'p'},      {"samples", required_argument, 0, 'n'},
@@ -111,7 +114,7 @@ int main(int argc, char **argv) {
         {"batch", required_argument, 0, O_BATCH},   {"threads", required_argument, 0, O_THREADS},
         {"format", required_argument, 0, O_FORMAT}, {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},              {"version", no_argument, 0, O_VERSION},
-        {0, 0, 0, 0},
+        {"device", required_argument, 0, O_DEVICE}, {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "m:p:n:t:s:qh", longopts, NULL)) != -1) {
@@ -135,6 +138,7 @@ int main(int argc, char **argv) {
         case O_BATCH: gc.batch = (int)parse_long("--batch", optarg, 1, 1 << 16); break;
         case O_THREADS: threads = (int)parse_long("--threads", optarg, 1, 4096); break;
         case O_FORMAT: format = optarg; break;
+        case O_DEVICE: device = optarg; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return EXIT_OK;
         case O_VERSION: printf("safe-generate %s\n", SAFE_VERSION); return EXIT_OK;
@@ -148,10 +152,12 @@ int main(int argc, char **argv) {
     char why[256];
     if (sampler_config_check(&gc.sampler, why, sizeof why)) die(EXIT_USAGE, "%s", why);
     if (threads > 0) omp_set_num_threads(threads);
+    Device dev = device_select(device);   // --device cuda without a GPU: exit 1 before any work
     gc.quiet = quiet;
 
     // model and tokenizer
     Model *m = model_load(model_path);
+    Backend *bk = backend_create(m, dev, "safe-generate", quiet);
     char *tp = tok_path ? xstrdup(tok_path) : model_tokenizer_path(model_path);
     Tokenizer *tok = tokenizer_load(tp, m->cfg.vocab_size);
     gc.eos_id = tok->eos_id;
@@ -182,7 +188,7 @@ int main(int argc, char **argv) {
 
     GenResult *res = xcalloc((size_t)n, sizeof(GenResult));
     double t0 = now_seconds();
-    generate(m, &gc, reqs, n, res, NULL, NULL);
+    backend_generate(bk, &gc, reqs, n, res, NULL, NULL);
     double dt = now_seconds() - t0;
 
     // print in request order
@@ -225,6 +231,7 @@ int main(int argc, char **argv) {
     free(ids); free(nids); free(ps);
     tokenizer_free(tok);
     free(tp);
+    backend_free(bk);
     model_free(m);
     return EXIT_OK;
 }

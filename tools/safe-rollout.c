@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"     // Backend: the models on the CPU or the GPU (--device)
 #include "checkpoint.h"  // model_load, model_tokenizer_path
 #include "common.h"      // die, xmalloc, exit codes
 #include "generate.h"    // generate: batched KV-cached sampling
@@ -19,6 +20,7 @@
 
 typedef struct {
     const char *policy, *ref, *tokenizer, *prompts, *output;
+    const char *device;   // --device: cpu, cuda, auto (NULL: automatic)
     int num_prompts, samples, max_new_tokens, max_prompt_tokens, batch, top_k, iteration;
     int shard_i, shard_n, allow_truncation, level, quiet;
     float temperature, top_p;
@@ -51,6 +53,7 @@ static void usage(FILE *f) {
         "  --batch N                sequences decoded together (64)\n"
         "  -o, --output FILE        ('-' = stdout, default)   --level N   zstd level (3; 0 raw)\n"
         "  --quiet                  no progress on stderr\n"
+        DEVICE_USAGE
         "  --help, --version\n");
 }
 
@@ -71,7 +74,7 @@ static float parse_float(const char *opt, const char *s) {
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_POLICY = 256, O_REF, O_TOK, O_PROMPTS, O_NUM, O_SAMPLES, O_MAXNEW, O_MAXPROMPT, O_TEMP,
            O_TOPK, O_TOPP, O_ALLOW, O_SEED, O_ITER, O_SHARD, O_BATCH, O_LEVEL, O_QUIET, O_HELP,
-           O_VERSION, O_GREEDY };
+           O_VERSION, O_GREEDY, O_DEVICE };
     static const struct option longs[] = {
         {"policy", 1, 0, O_POLICY}, {"ref", 1, 0, O_REF}, {"tokenizer", 1, 0, O_TOK},
         {"prompts", 1, 0, O_PROMPTS}, {"num-prompts", 1, 0, O_NUM},
@@ -81,7 +84,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"seed", 1, 0, O_SEED}, {"iteration", 1, 0, O_ITER}, {"shard", 1, 0, O_SHARD},
         {"batch", 1, 0, O_BATCH}, {"output", 1, 0, 'o'}, {"level", 1, 0, O_LEVEL},
         {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION},
-        {"greedy", 0, 0, O_GREEDY}, {0, 0, 0, 0}};
+        {"greedy", 0, 0, O_GREEDY}, {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
     *o = (Options){.output = "-", .samples = 4, .max_new_tokens = 64, .batch = 64,
                    .temperature = 1.0f, .top_p = 1.0f, .shard_n = 1, .level = 3};
     int c;
@@ -110,6 +113,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         case 'o': o->output = optarg; break;
         case O_LEVEL: o->level = parse_int("level", optarg); break;
         case O_QUIET: o->quiet = 1; break;
+        case O_DEVICE: o->device = optarg; break;
         case O_GREEDY: die(EXIT_USAGE, "greedy decoding is for evaluation only (use safe-generate --greedy); "
                                        "training rollouts must sample at a temperature > 0");
         case O_HELP: usage(stdout); exit(EXIT_OK);
@@ -134,6 +138,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         die(EXIT_USAGE, "--top-k/--top-p truncate the sampling distribution while the recorded log-probs "
                         "(and PPO's ratios) use the full one; pass --allow-truncation to accept that bias");
     if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
+    (void)device_select(o->device);   // --device cuda without a GPU: exit 1 before any work
 }
 
 // ---- prompts ----
@@ -233,8 +238,11 @@ static int32_t *encode_prompt(const Options *o, const Tokenizer *tok, const char
 }
 
 // ---- reference log-probs: teacher-forced, in chunks of --batch sequences ----
+// With entropy_into (the policy on the GPU) the log-probs and entropies are written over the
+// generated ones in entropy_into: see main.
 
-static float **reference_logprobs(const Options *o, Model *ref, const GenRequest *req, const GenResult *res, int n) {
+static float **reference_logprobs(const Options *o, Backend *ref, const GenRequest *req, GenResult *res, int n,
+                                  GenResult *entropy_into) {
     float **out = xmalloc(n * sizeof(float *));
     for (int lo = 0; lo < n; lo += o->batch) {
         int b = n - lo < o->batch ? n - lo : o->batch;
@@ -248,7 +256,8 @@ static float **reference_logprobs(const Options *o, Model *ref, const GenRequest
         }
         SeqBatch *sb = seqbatch_build(b, pr, pl, rs, rl);
         float *lp = xmalloc((sb->n_resp ? sb->n_resp : 1) * sizeof(float));
-        seqbatch_logprobs(ref, sb, o->temperature, lp, NULL);
+        float *en = entropy_into ? xmalloc((sb->n_resp ? sb->n_resp : 1) * sizeof(float)) : NULL;
+        backend_logprobs(ref, sb, o->temperature, lp, en);
         for (int i = 0; i < b; i++) {
             out[lo + i] = xmalloc((rl[i] ? rl[i] : 1) * sizeof(float));
             memcpy(out[lo + i], lp + sb->resp_off[i], rl[i] * sizeof(float));
@@ -256,8 +265,16 @@ static float **reference_logprobs(const Options *o, Model *ref, const GenRequest
                 if (!isfinite(out[lo + i][t]))
                     die(EXIT_RUNTIME, "non-finite reference log-prob for prompt '%s' sample %d token %d",
                         req[lo + i].id, req[lo + i].sample_index, t);
+            if (entropy_into) {
+                GenResult *r = &entropy_into[lo + i];
+                memcpy(r->logp, out[lo + i], rl[i] * sizeof(float));
+                memcpy(r->entropy, en + sb->resp_off[i], rl[i] * sizeof(float));
+                free(out[lo + i]);
+                out[lo + i] = NULL;
+            }
         }
         free(lp);
+        free(en);
         seqbatch_free(sb);
         free(pr); free(rs); free(pl); free(rl);
     }
@@ -348,8 +365,18 @@ int main(int argc, char **argv) {
                     .max_new_tokens = o.max_new_tokens, .batch = o.batch, .eos_id = tok->eos_id,
                     .seed = o.seed, .iteration = o.iteration, .quiet = o.quiet};
     GenResult *res = xcalloc(n ? n : 1, sizeof(GenResult));
-    if (n) generate(policy, &gc, req, n, res, NULL, NULL);
-    float **ref_logp = reference_logprobs(&o, ref, req, res, n);
+    Device dev = device_select(o.device);
+    Backend *bp = backend_create(policy, dev, "safe-rollout", o.quiet);
+    Backend *br = ref == policy ? bp : backend_create(ref, dev, "safe-rollout (reference)", o.quiet);
+    if (n) backend_generate(bp, &gc, req, n, res, NULL, NULL);
+    // On the GPU the sampler's log-probs come from the bf16 decoding path (KV cache, one token at
+    // a time), while safe-update's and the reference's come from the teacher-forced forward: a
+    // ratio of the two would carry their rounding difference. So the policy's logp and entropy
+    // are recomputed teacher-forced here, the path ref_logp and the update use (SAFE-SPEC:
+    // log-probs that meet come from the same precision path). On the CPU both paths give the
+    // same bits (model.c is batch-invariant), so nothing is recomputed.
+    if (n && dev == DEVICE_CUDA) free(reference_logprobs(&o, bp, req, res, n, res));
+    float **ref_logp = reference_logprobs(&o, br, req, res, n, NULL);
     write_records(&o, tok, &p, sel, req, res, ref_logp, n);
 
     for (int i = 0; i < n; i++) {
@@ -363,6 +390,8 @@ int main(int argc, char **argv) {
     }
     free(p.id); free(p.text); free(ptoks); free(req); free(res); free(ref_logp); free(sel); free(tok_path);
     tokenizer_free(tok);
+    if (br != bp) backend_free(br);
+    backend_free(bp);
     if (ref != policy) model_free(ref);
     model_free(policy);
     return EXIT_OK;

@@ -18,7 +18,8 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#include "adamw.h"       // AdamW, grad_clip
+#include "adamw.h"       // AdamW
+#include "backend.h"     // Backend: the model on the CPU or the GPU (--device)
 #include "checkpoint.h"  // model_load, checkpoint_save, model_tokenizer_path
 #include "comm.h"        // ranks, slices, all-reduce of gradients and statistics
 #include "common.h"      // die, xmalloc, exit codes
@@ -31,6 +32,7 @@
 typedef struct {
     const char *policy, *control, *input, *output, *stats;
     const char *algo;       // "safe" or "ppo"
+    const char *device;     // --device: cpu, cuda, auto (NULL: automatic)
     int epochs, minibatches;
     float lr, weight_decay, beta1, beta2, adam_eps;
     float clip_eps, ent_coef, grad_clip;
@@ -77,6 +79,7 @@ static void usage(FILE *f) {
         "  --level N              zstd level of the stats shard (3; 0 = raw)\n"
         "  --quiet                no progress on stderr\n"
         "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
+        DEVICE_USAGE
         "  --help, --version\n"
         "\n"
         "Data parallel: mpirun -np N safe-update ... (see DATA PARALLEL in the man page).\n");
@@ -99,7 +102,7 @@ static int parse_int(const char *opt, const char *s) {
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_POLICY = 256, O_CONTROL, O_STATS, O_ALGO, O_EPOCHS, O_MB, O_LR, O_WD, O_CLIP, O_ENT,
            O_GCLIP, O_TEMP, O_DETACH, O_KLEST, O_LAMBDA_A, O_HFLOOR, O_EPSH, O_GATEMIN, O_MOM,
-           O_LAMBDA_M, O_STEPLIM, O_SEED, O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION };
+           O_LAMBDA_M, O_STEPLIM, O_SEED, O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION, O_DEVICE };
     static const struct option longs[] = {
         {"policy", 1, 0, O_POLICY}, {"control", 1, 0, O_CONTROL}, {"input", 1, 0, 'i'},
         {"output", 1, 0, 'o'}, {"stats", 1, 0, O_STATS}, {"algo", 1, 0, O_ALGO},
@@ -110,7 +113,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"eps-h", 1, 0, O_EPSH}, {"gate-min", 1, 0, O_GATEMIN}, {"momentum", 0, 0, O_MOM},
         {"lambda-m", 1, 0, O_LAMBDA_M}, {"step-limit", 1, 0, O_STEPLIM}, {"seed", 1, 0, O_SEED},
         {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET}, {"comm-timeout", 1, 0, O_COMMTO},
-        {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+        {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
     *o = (Options){.input = "-", .stats = "-", .algo = "safe", .epochs = 2, .minibatches = 1,
                    .lr = 1e-5f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f,
                    .adam_eps = 1e-8f, .clip_eps = 0.2f, .ent_coef = -1, .grad_clip = 1.0f,
@@ -149,6 +152,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_LEVEL: o->level = parse_int("level", optarg); break;
         case O_QUIET: o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
+        case O_DEVICE: o->device = optarg; break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
         case O_VERSION: printf("safe-update %s (data parallel: %s)\n", SAFE_VERSION, comm_backend()); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
@@ -171,6 +175,7 @@ static void parse_args(int argc, char **argv, Options *o) {
     if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
     char why[256];
     if (epc_config_check(&o->epc, why, sizeof why) != 0) die(EXIT_USAGE, "%s", why);
+    (void)device_select(o->device);   // --device cuda without a GPU: exit 1 before any work
 }
 
 // ---- control state ----
@@ -280,7 +285,7 @@ enum { S_LOSS, S_CLIP, S_RATIO, S_ENT, S_KAPPA, S_N };
 
 // One optimiser step on the minibatch `rows` (n rows), of which this rank computes its slice
 // (comm_slice). Returns through st; advances trackers. Every rank ends with the same params.
-static void update_minibatch(const Options *o, Model *m, AdamW *opt, const RecStore *s,
+static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt, const RecStore *s,
                              const SeqBatch *full, const float *adv_all, const float *old_all,
                              const float *ref_all, const int *rows_mb, int n_mb, double tau,
                              double h_roll, double *k_short, double *k_long, UpdateStats *st) {
@@ -306,7 +311,7 @@ static void update_minibatch(const Options *o, Model *m, AdamW *opt, const RecSt
     pack_rows(full, ref_all, rows, n, sb, ref);
 
     // forward: log-probs and entropies of the sampled tokens under the current policy
-    seqbatch_logprobs(m, sb, o->temperature, logp, ent);
+    backend_logprobs(bk, sb, o->temperature, logp, ent);
     for (size_t i = 0; i < sb->n_resp; i++)
         if (!isfinite(logp[i]) || !isfinite(ent[i]))
             die(EXIT_RUNTIME, "non-finite log-prob in the update forward (minibatch token %zu): lower --lr?", i);
@@ -347,26 +352,22 @@ static void update_minibatch(const Options *o, Model *m, AdamW *opt, const RecSt
     }
 
     // backward through the model, sum the ranks' gradients, clip, step
-    model_zero_grad(m);
-    seqbatch_logprobs_backward(m, sb, o->temperature, dlogp, o->ent_coef > 0 ? dent : NULL);
-    comm_allreduce_f32(m->grads, m->n_params, COMM_SUM, "policy gradients");
+    backend_zero_grad(bk);
+    backend_logprobs_backward(bk, sb, o->temperature, dlogp, o->ent_coef > 0 ? dent : NULL);
+    backend_allreduce_grads(bk, "policy gradients");
     const char *gname = "policy";
-    const float *gbuf = m->grads;
+    const float *gbuf = backend_grads_for_dump(bk);
     comm_dump_grads(st->updates, 1, &gname, &gbuf, &m->n_params);
-    for (size_t i = 0; i < m->n_params; i++)
-        if (!isfinite(m->grads[i])) die(EXIT_RUNTIME, "non-finite policy gradient (parameter %zu): lower --lr?", i);
-    double gnorm = grad_clip(m->grads, m->n_params, o->grad_clip);
-    float *before = NULL;
-    if (o->step_limit > 0) {
-        before = xmalloc(m->n_params * sizeof(float));
-        memcpy(before, m->params, m->n_params * sizeof(float));
-    }
-    adamw_step(opt, m->params, m->grads);
+    long long bad = backend_first_nonfinite_grad(bk);
+    if (bad >= 0) die(EXIT_RUNTIME, "non-finite policy gradient (parameter %lld): lower --lr?", bad);
+    double gnorm = backend_clip_grads(bk, o->grad_clip);
+    if (o->step_limit > 0) backend_snapshot(bk);
+    backend_adamw_step(bk, opt);
     double scale = 1;
-    if (before) {
+    if (o->step_limit > 0) {
         // predictive step limit: KL(old || new) on this minibatch, scale the step back if too big
         float *after = xmalloc(N * sizeof(float));
-        seqbatch_logprobs(m, sb, o->temperature, after, NULL);
+        backend_logprobs(bk, sb, o->temperature, after, NULL);
         double kl = kl_estimate(logp, after, NULL, sb->n_resp, KL_K1);
         if (comm_world() > 1) {
             kl *= nl;
@@ -374,11 +375,8 @@ static void update_minibatch(const Options *o, Model *m, AdamW *opt, const RecSt
             kl /= n_global ? (double)n_global : 1.0;
         }
         scale = step_limit_scale(kl, o->step_limit);
-        if (scale < 1)
-            for (size_t i = 0; i < m->n_params; i++)
-                m->params[i] = before[i] + (float)scale * (m->params[i] - before[i]);
+        if (scale < 1) backend_blend(bk, (float)scale);
         free(after);
-        free(before);
     }
 
     st->policy_loss += ps.loss;
@@ -494,6 +492,7 @@ int main(int argc, char **argv) {
     AdamWConfig ac = {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.adam_eps,
                       .weight_decay = o.weight_decay};
     AdamW *opt = adamw_create(m->n_params, ac);
+    Backend *bk = backend_create(m, device_select(o.device), "safe-update", o.quiet);
     if (checkpoint_is_dir(o.policy)) {
         checkpoint_load_optimizer(o.policy, opt);
         opt->cfg = ac;   // this run's hyper-parameters; the moments and step carry over
@@ -529,7 +528,7 @@ int main(int argc, char **argv) {
         if (o.minibatches > 1) shuffle(idx, B, o.seed * 1000003ULL + (unsigned long long)iteration * 101 + e);
         else for (int i = 0; i < B; i++) idx[i] = i;
         for (int k = 0; k < o.minibatches; k++) {
-            update_minibatch(&o, m, opt, s, full, adv, old, ref, idx + k * mb, mb, ctl.tau, rs.h_roll,
+            update_minibatch(&o, bk, m, opt, s, full, adv, old, ref, idx + k * mb, mb, ctl.tau, rs.h_roll,
                              &k_short, &k_long, &us);
             progress_update(p, (long)e * o.minibatches + k + 1, 0);
         }
@@ -539,6 +538,7 @@ int main(int argc, char **argv) {
     us.k_long = strcmp(o.algo, "safe") == 0 ? k_long : ctl.k_long;
 
     // the ranks took identical steps: check it (cheap) before rank 0 writes
+    backend_sync(bk, opt);   // weights and moments back from the device
     comm_check_same(m->params, m->n_params * sizeof(float), "the updated policy");
     if (root) {
         save_policy(&o, m, opt, iteration);
@@ -548,6 +548,7 @@ int main(int argc, char **argv) {
     free(idx); free(old); free(ref); free(ent); free(adv);
     seqbatch_free(full);
     adamw_free(opt);
+    backend_free(bk);
     model_free(m);
     recstore_free(s);
     comm_finalize();

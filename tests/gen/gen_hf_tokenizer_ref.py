@@ -23,7 +23,7 @@ post-processor and decoder exactly as that family's tokenizer.json has them:
                      (transformers' non-legacy Llama conversion), byte fallback, Strip decoder
     metaspace_split  Metaspace(always, split=true), Metaspace decoder, unk without fuse_unk
     mixed            NFKC + Lowercase + Replace normalizers, Digits(runs), MergedWithPrevious,
-                     MergedWithNext, WhitespaceSplit, ByteLevel(add_prefix_space), normalized
+                     MergedWithNext, WhitespaceSplit, Punctuation, ByteLevel(add_prefix_space), normalized
                      and single_word added tokens
     mixed2           NFD + Replace(Regex), Split(\w+...), Whitespace, Contiguous, inverted
                      MergedWithPrevious, an lstrip+rstrip special token
@@ -315,6 +315,7 @@ def make_mixed():
         pre_tokenizers.Split("-", behavior="merged_with_previous"),
         pre_tokenizers.Split(Regex("[,;:]"), behavior="merged_with_next"),
         pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Punctuation(behavior="contiguous"),
         pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=800, min_frequency=2, show_progress=False,

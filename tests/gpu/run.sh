@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh — the one script a session with a GPU runs: build for the GPU that is there,
+# kernel parity against CPU references, one SAFE iteration on both backends, benchmarks beside
+# PyTorch, and `make demo DEVICE=cuda` (2 iterations) when time is left. Under 8 minutes on an
+# H200; everything lands in $OUT (summary.md first), and the exit status is non-zero when any
+# parity check fails. See tests/gpu/RESULTS.md for how to call it through the device tool.
+#
+#   OUT=/tmp/out SAFE_DATA=.gpu-data bash tests/gpu/run.sh
+#
+# Environment:
+#   OUT            where the results go (default build/gpu-out): summary.md, run.log,
+#                  kernels.log, bench.jsonl, logs.tar.gz — five files, as the device tool brings
+#                  back at most eight; the work files stay in build/gpu-work
+#   SAFE_DATA      the data folder (stories260K/, tinystories/, vader/); default: the first of
+#                  ../shared/data, .gpu-data, shared/data that has stories260K
+#   GPU_RUN_DRY=1  no GPU: build CPU-only, run the iteration with --device cpu on both legs
+#                  (checks the script and report.py; the kernel tests and benchmarks are skipped)
+#   GPU_RUN_SKIP   space-separated stages to skip: kernels iteration bench torch demo
+#   BUDGET         seconds for the whole run (default 470): stages left when it runs out are skipped
+set -u -o pipefail
+cd "$(dirname "$0")/../.." || exit 2
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/build/gpu-out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$ROOT/build/gpu-work
+rm -rf "$WORK"
+mkdir -p "$WORK"
+LOG=$OUT/run.log
+: > "$LOG"
+exec > >(tee -a "$LOG") 2>&1
+T0=$(date +%s)
+BUDGET=${BUDGET:-470}
+DRY=${GPU_RUN_DRY:-0}
+SKIP=" ${GPU_RUN_SKIP:-} "
+FAILED=0
+SUMMARY=$OUT/summary.md
+: > "$SUMMARY"
+
+elapsed() { echo $(( $(date +%s) - T0 )); }
+left() { echo $(( BUDGET - $(elapsed) )); }
+stage_row() {   # name status seconds detail
+    printf '| %-28s | %-7s | %5ss | %s |\n' "$1" "$2" "$3" "$4" >> "$WORK/stages.md"
+}
+skipped() { case "$SKIP" in *" $1 "*) return 0 ;; esac; return 1; }
+
+for d in "${SAFE_DATA:-}" ../shared/data .gpu-data shared/data; do
+    if [ -n "$d" ] && [ -f "$d/stories260K/stories260K.bin" ]; then DATA=$(cd "$d" && pwd); break; fi
+done
+if [ -z "${DATA:-}" ]; then
+    echo "run.sh: no data folder with stories260K/stories260K.bin: set SAFE_DATA (see tests/gpu/RESULTS.md)"
+    exit 2
+fi
+export SAFE_DATA=$DATA
+MODEL=$DATA/stories260K/stories260K.bin
+PROMPTS=$DATA/tinystories/prompts.jsonl
+echo "== tests/gpu/run.sh: $(date -u +%Y-%m-%dT%H:%M:%SZ), data $DATA, out $OUT, budget ${BUDGET}s, dry=$DRY"
+printf '| %-28s | %-7s | %6s | %s |\n|---|---|---|---|\n' stage result time detail > "$WORK/stages.md"
+
+# ---- 0. the machine ---------------------------------------------------------------------------
+CC_ARCH=
+if [ "$DRY" != 1 ]; then
+    nvidia-smi -L || { echo "run.sh: nvidia-smi failed: no GPU? (GPU_RUN_DRY=1 runs without one)"; exit 2; }
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+    CC_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')
+    nvcc --version | tail -2
+    python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' 2>/dev/null || echo "python3: no torch"
+fi
+
+# ---- 1. build ---------------------------------------------------------------------------------
+BUILD=build/gpu-run
+BIN=$BUILD/bin
+s0=$(elapsed)
+if [ "$DRY" = 1 ]; then
+    make -j"$(nproc)" BUILD=$BUILD BIN=$BIN CUDA=0 all > "$WORK/build.log" 2>&1
+else
+    NVF="-O2 -std=c++17 -Ilib -Xcompiler -Wall,-Wextra -gencode arch=compute_${CC_ARCH},code=sm_${CC_ARCH}"
+    make -j"$(nproc)" BUILD=$BUILD BIN=$BIN NVCCFLAGS="$NVF" all $BUILD/gpu/test_kernels $BUILD/gpu/bench_gpu \
+        > "$WORK/build.log" 2>&1
+fi
+rc=$?
+grep -E "warning|error" "$WORK/build.log" | head -20
+if [ $rc -ne 0 ]; then
+    tail -30 "$WORK/build.log"
+    stage_row build FAIL $(( $(elapsed) - s0 )) "make exit $rc (build.log)"
+    cat "$WORK/stages.md"
+    exit 1
+fi
+stage_row build ok $(( $(elapsed) - s0 )) "sm_${CC_ARCH:-none}; $(grep -c warning "$WORK/build.log") warnings"
+echo "== built in $(( $(elapsed) - s0 ))s"
+
+# ---- 2. kernels against their CPU twins -------------------------------------------------------
+if [ "$DRY" != 1 ] && ! skipped kernels; then
+    s0=$(elapsed)
+    timeout 200 "$BUILD/gpu/test_kernels" > "$OUT/kernels.log" 2>&1
+    rc=$?
+    grep -B1 -A5 'FAIL$' "$OUT/kernels.log" | grep -v '^check' | head -60   # the failing checks, with their values
+    sed -n '/^check /,$p' "$OUT/kernels.log"
+    grep '^  bench' "$OUT/kernels.log"
+    res=$(grep '^test_kernels:' "$OUT/kernels.log" | tail -1)
+    if [ $rc -eq 0 ]; then stage_row "kernel parity" ok $(( $(elapsed) - s0 )) "$res"
+    else stage_row "kernel parity" FAIL $(( $(elapsed) - s0 )) "exit $rc: $res"; FAILED=1; fi
+fi
+
+# ---- 3. one SAFE iteration on both backends ---------------------------------------------------
+# The CPU pipeline is the reference; the CUDA critic and update run on the CPU's inputs, so
+# they are compared on the same batch; the CUDA rollout uses the same seed (same draws).
+if ! skipped iteration && [ "$(left)" -gt 60 ]; then
+    s0=$(elapsed)
+    IT=$WORK/iter
+    rm -rf "$IT"
+    mkdir -p "$IT/cpu/grads" "$IT/cuda/grads"
+    GPU=cuda
+    [ "$DRY" = 1 ] && GPU=cpu
+    COMMON="--quiet --level 1"
+    ROLL="--policy $MODEL --prompts $PROMPTS --num-prompts 16 --samples-per-prompt 4 --max-new-tokens 48 --seed 1 --iteration 0"
+    (
+        set -e
+        "$BIN/safe-convert" --quiet --no-tokenizer "$MODEL" "$IT/init"
+        "$BIN/safe-pid" --init -o "$IT/control.safe"
+        "$BIN/safe-rollout" $ROLL --device cpu $COMMON -o "$IT/cpu/rollout.safe"
+        "$BIN/safe-score" --vader $COMMON -i "$IT/cpu/rollout.safe" -o "$IT/cpu/scored.safe"
+        "$BIN/safe-rollout" $ROLL --device $GPU $COMMON -o "$IT/cuda/rollout.safe"
+        "$BIN/safe-score" --vader $COMMON -i "$IT/cuda/rollout.safe" -o "$IT/cuda/scored.safe"
+        # critic: both devices on the CPU's scored batch
+        "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --lr 1e-4 --seed 1 --device cpu $COMMON \
+            -i "$IT/cpu/scored.safe" -o "$IT/cpu/adv.safe" --out-critic "$IT/cpu/critic"
+        "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --lr 1e-4 --seed 1 --device $GPU $COMMON \
+            -i "$IT/cpu/scored.safe" -o "$IT/cuda/adv.safe" --out-critic "$IT/cuda/critic"
+        # update: both devices on the CPU's advantaged batch; step-0 gradients dumped
+        SAFE_DUMP_GRADS=$IT/cpu/grads "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 1e-4 \
+            --seed 1 --device cpu $COMMON -i "$IT/cpu/adv.safe" -o "$IT/cpu/policy" > "$IT/cpu/stats.safe"
+        SAFE_DUMP_GRADS=$IT/cuda/grads "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 1e-4 \
+            --seed 1 --device $GPU $COMMON -i "$IT/cpu/adv.safe" -o "$IT/cuda/policy" > "$IT/cuda/stats.safe"
+        # ratios at lr 0: the CUDA update against the CUDA rollout's recorded logp (same path),
+        # and against the CPU rollout's (cross-device)
+        "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --seed 1 --device $GPU $COMMON \
+            -i "$IT/cuda/scored.safe" -o "$IT/cuda/adv_own.safe" --out-critic "$IT/cuda/critic_own"
+        "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 0 --epochs 1 --device $GPU $COMMON \
+            -i "$IT/cuda/adv_own.safe" -o "$IT/cuda/policy_lr0" > "$IT/ratio_cuda_adv.safe"
+        "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 0 --epochs 1 --device $GPU $COMMON \
+            -i "$IT/cpu/adv.safe" -o "$IT/cpu/policy_lr0" > "$IT/ratio_cpu_adv.safe"
+    ) > "$WORK/iteration.log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        tail -20 "$WORK/iteration.log"
+        stage_row "SAFE iteration" FAIL $(( $(elapsed) - s0 )) "a stage exited $rc (iteration.log)"
+        FAILED=1
+    else
+        python3 tests/gpu/report.py iteration --bin "$BIN" --dir "$IT" --init "$IT/init" | tee "$WORK/iteration.txt"
+        rc=$?
+        res=$(tail -1 "$WORK/iteration.txt")
+        if [ $rc -eq 0 ]; then stage_row "SAFE iteration parity" ok $(( $(elapsed) - s0 )) "$res"
+        else stage_row "SAFE iteration parity" FAIL $(( $(elapsed) - s0 )) "$res"; FAILED=1; fi
+    fi
+fi
+
+# ---- 4. benchmarks: safe-cuda and PyTorch on the same shapes ----------------------------------
+if [ "$DRY" != 1 ] && ! skipped bench && [ "$(left)" -gt 60 ]; then
+    s0=$(elapsed)
+    B=$OUT/bench.jsonl
+    : > "$B"
+    timeout 60 "$BUILD/gpu/bench_gpu" --model "$MODEL" --batches 1,64,512 --new 128 --train-batch 64 --train-len 256 \
+        >> "$B" 2> "$WORK/bench_stories.log" || echo "bench_gpu stories260K: exit $? (bench_stories.log)"
+    timeout 150 "$BUILD/gpu/bench_gpu" --config qwen0.5b --batches 1,64,512 --new 128 --train-batch 16 --train-len 512 \
+        >> "$B" 2> "$WORK/bench_qwen.log" || echo "bench_gpu qwen0.5b: exit $? (bench_qwen.log)"
+    if ! skipped torch && [ "$(left)" -gt 40 ]; then
+        PYTHONUNBUFFERED=1 timeout 60 python3 tests/gpu/torch_baseline.py --config stories260K --train-batch 64 \
+            --train-len 256 >> "$B" 2> "$WORK/torch_stories.log" || echo "torch stories260K: exit $? (torch_stories.log)"
+        PYTHONUNBUFFERED=1 timeout 150 python3 tests/gpu/torch_baseline.py --config qwen0.5b >> "$B" \
+            2> "$WORK/torch_qwen.log" || echo "torch qwen0.5b: exit $? (torch_qwen.log)"
+    fi
+    python3 tests/gpu/report.py bench "$B" | tee "$WORK/bench.txt"
+    stage_row benchmarks done $(( $(elapsed) - s0 )) "$(grep -c '"impl"' "$B") results (bench.txt)"
+fi
+
+# ---- 5. make demo DEVICE=cuda, 2 iterations -----------------------------------------------------
+if [ "$DRY" != 1 ] && ! skipped demo && [ "$(left)" -gt 45 ]; then
+    s0=$(elapsed)
+    timeout $(( $(left) - 10 )) make -s BUILD=$BUILD BIN=$BIN NVCCFLAGS="$NVF" demo DEVICE=cuda DEMO_ITERS=2 \
+        DEMO_DIR="$WORK/demo" DEMO_MODEL="$MODEL" DATA="$DATA" > "$WORK/demo.log" 2>&1
+    rc=$?
+    tail -12 "$WORK/demo.log"
+    if [ $rc -eq 0 ]; then stage_row "make demo DEVICE=cuda (2 it.)" ok $(( $(elapsed) - s0 )) "demo.log"
+    else stage_row "make demo DEVICE=cuda (2 it.)" FAIL $(( $(elapsed) - s0 )) "exit $rc (demo.log)"; FAILED=1; fi
+    fi
+
+# ---- summary ------------------------------------------------------------------------------------
+{
+    echo "# tests/gpu/run.sh — $(date -u +%Y-%m-%d) — $( [ "$DRY" = 1 ] && echo 'DRY run (no GPU)' || nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+    echo
+    cat "$WORK/stages.md"
+    for f in iteration.txt bench.txt; do
+        [ -f "$WORK/$f" ] && { echo; echo '```'; cat "$WORK/$f"; echo '```'; }
+    done
+    [ -f "$OUT/kernels.log" ] && { echo; echo '```'; sed -n '/^check /,$p' "$OUT/kernels.log"; grep '^  bench' "$OUT/kernels.log"; echo '```'; }
+} > "$SUMMARY"
+(cd "$WORK" && tar czf "$OUT/logs.tar.gz" --exclude=iter --exclude=demo ./*.log ./*.txt ./*.md 2>/dev/null)
+echo
+cat "$WORK/stages.md"
+echo "== run.sh: $(elapsed)s, $( [ $FAILED = 0 ] && echo 'all parity checks passed' || echo 'PARITY FAILURES (see above)')"
+exit $FAILED

@@ -1,6 +1,8 @@
 // checkpoint.c — HF-layout checkpoint directories: save (atomic), load, model_load.
 #include "checkpoint.h"
 
+#include "jsonfile.h"   // json_load_file_lenient: HF files with integers beyond int64
+
 #include "common.h"       // die, warn, xmalloc, exit codes
 #include "gguf.h"         // gguf_open, gguf_load_model, gguf_write_meta_subset for .gguf models
 #include "llama2c.h"      // llama2c_load for .bin files
@@ -267,7 +269,7 @@ static void add_token_ids(json_t *cfg, const CheckpointParts *parts) {
         gguf_close(g);
     } else if (has_suffix(tok, ".json")) {
         char *src = dir_of(tok), *cj = path_join(src, "config.json");
-        json_t *j = exists(cj) ? json_load_file(cj, 0, NULL) : NULL;
+        json_t *j = exists(cj) ? json_load_file_lenient(cj, NULL) : NULL;
         for (int i = 0; j && i < 3; i++) {
             json_t *v = json_object_get(j, keys[i]);
             if (v && !json_object_get(cfg, keys[i]) && (json_is_integer(v) || json_is_array(v)))
@@ -368,7 +370,7 @@ int checkpoint_is_dir(const char *path) {
 
 static json_t *load_json(const char *path) {
     json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
+    json_t *j = json_load_file_lenient(path, &err);
     if (!j) die(EXIT_BADINPUT, "%s: %s (line %d, column %d)", path, err.text, err.line, err.column);
     return j;
 }

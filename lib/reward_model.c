@@ -1,6 +1,8 @@
 // reward_model.c — *ForSequenceClassification reward models: load, batched scoring.
 #include "reward_model.h"
 
+#include "jsonfile.h"   // json_load_file_lenient
+
 #include "checkpoint.h"   // checkpoint_load_backbone, checkpoint_read_tensor, checkpoint_tensor_shape
 #include "common.h"       // die, xmalloc, exit codes
 
@@ -13,7 +15,7 @@ RewardModel *reward_model_load(const char *dir) {
     char cp[4096];
     snprintf(cp, sizeof cp, "%s/config.json", dir);
     json_error_t err;
-    json_t *j = json_load_file(cp, 0, &err);
+    json_t *j = json_load_file_lenient(cp, &err);
     if (!j) die(EXIT_BADINPUT, "%s: %s (line %d)\n  hint: --rm takes a Hugging Face model directory", cp, err.text, err.line);
     const char *arch = json_string_value(json_array_get(json_object_get(j, "architectures"), 0));
     if (!arch || !strstr(arch, "ForSequenceClassification"))

@@ -37,6 +37,8 @@
 //     refused at load with a message (BPE dropout is ignored with a warning).
 #include "tokenizer_bpe.h"
 
+#include "jsonfile.h"   // json_loadb_lenient: HF files with integers beyond int64
+
 #include "common.h"   // die, warn, xmalloc, EXIT_BADINPUT
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -1357,7 +1359,7 @@ static json_t *load_json_file(const char *path, int required, char **bytes, size
     while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) buf_put(&b, chunk, got);
     fclose(f);
     json_error_t err;
-    json_t *j = json_loadb(b.p ? b.p : "", b.n, 0, &err);
+    json_t *j = json_loadb_lenient(b.p ? b.p : "", b.n, &err);
     if (!j) die(EXIT_BADINPUT, "%s:%d:%d: %s", path, err.line, err.column, err.text);
     if (bytes) { *bytes = b.p; *nbytes = b.n; }
     else free(b.p);

@@ -24,6 +24,8 @@ Expected tolerances for bf16 against the fp32 reference (the reasons are in the 
   update: weight change cos(dW_cuda, dW_cpu) >= 0.90 (AdamW's first steps are sign-like: an
           element whose gradient is near zero can move either way on either device)
   update: ||W_cuda - W_cpu|| / ||W_cpu|| <= 1e-2 (bf16 copies of fp32 masters)
+  update stats: policy_loss, ratio_mean, kappa within 0.02 (absolute); entropy_train 2%,
+          grad_norm 10% (relative)
   same-path ratio (CUDA rollout logp vs CUDA update, lr 0): |ratio_max - 1| <= 2e-3
   cross-device ratio (CPU rollout logp vs CUDA update, lr 0): |ratio_mean - 1| <= 2e-2
 """
@@ -136,10 +138,13 @@ def iteration(binp, d, model_path):
         c = cos(wg - w_init, wc - w_init)
         row("update: cos(dW_cuda, dW_cpu)", c, 0.90, c >= 0.90)
     sc, sg = records(binp, os.path.join(cpu, "stats.safe"))[0], records(binp, os.path.join(cu, "stats.safe"))[0]
-    for k in ("policy_loss", "ratio_mean", "kappa", "entropy_train", "grad_norm"):
+    # absolute for quantities near zero (their cross-device difference is the log-prob
+    # difference, ~1e-2 nats), relative for the others
+    for k, kind, tol in (("policy_loss", "abs", 0.02), ("ratio_mean", "abs", 0.02), ("kappa", "abs", 0.02),
+                         ("entropy_train", "rel", 0.02), ("grad_norm", "rel", 0.10)):
         if k in sc and k in sg:
-            e = abs(sg[k] - sc[k]) / max(abs(sc[k]), 1e-3)
-            row(f"update: stats {k} (cuda {sg[k]:.5g}, cpu {sc[k]:.5g})", e, 0.05, e <= 0.05)
+            e = abs(sg[k] - sc[k]) / (max(abs(sc[k]), 1e-12) if kind == "rel" else 1.0)
+            row(f"update: stats {k} {kind} (cuda {sg[k]:.5g}, cpu {sc[k]:.5g})", e, tol, e <= tol)
     # ratios at lr 0: the precision paths
     r1 = records(binp, os.path.join(d, "ratio_cuda_adv.safe"))[0]
     dev = max(abs(r1["ratio_max"] - 1), abs(r1["ratio_mean"] - 1))

@@ -16,6 +16,8 @@
 #   GPU_RUN_DRY=1  no GPU: build CPU-only, run the iteration with --device cpu on both legs
 #                  (checks the script and report.py; the kernel tests and benchmarks are skipped)
 #   GPU_RUN_SKIP   space-separated stages to skip: kernels iteration bench torch demo
+#   GPU_RUN_BIN    use the tools already built there (skips the build; for reruns, and for
+#                  checking the script against tools linked with an emulated device)
 #   BUDGET         seconds for the whole run (default 470): stages left when it runs out are skipped
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
@@ -59,7 +61,7 @@ printf '| %-28s | %-7s | %6s | %s |\n|---|---|---|---|\n' stage result time deta
 
 # ---- 0. the machine ---------------------------------------------------------------------------
 CC_ARCH=
-if [ "$DRY" != 1 ]; then
+if [ "$DRY" != 1 ] && [ -z "${GPU_RUN_BIN:-}" ]; then
     nvidia-smi -L || { echo "run.sh: nvidia-smi failed: no GPU? (GPU_RUN_DRY=1 runs without one)"; exit 2; }
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
     CC_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')
@@ -69,9 +71,11 @@ fi
 
 # ---- 1. build ---------------------------------------------------------------------------------
 BUILD=build/gpu-run
-BIN=$BUILD/bin
+BIN=${GPU_RUN_BIN:-$BUILD/bin}
 s0=$(elapsed)
-if [ "$DRY" = 1 ]; then
+if [ -n "${GPU_RUN_BIN:-}" ]; then
+    echo "prebuilt tools in $BIN" > "$WORK/build.log"
+elif [ "$DRY" = 1 ]; then
     make -j"$(nproc)" BUILD=$BUILD BIN=$BIN CUDA=0 all > "$WORK/build.log" 2>&1
 else
     NVF="-O2 -std=c++17 -Ilib -Xcompiler -Wall,-Wextra -gencode arch=compute_${CC_ARCH},code=sm_${CC_ARCH}"

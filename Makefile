@@ -195,8 +195,9 @@ demo-clean:
 # reward; policy lr 1e-5 (SAFE-SPEC's default), critic 1e-4, one epoch per batch for both. Each
 # iteration writes a policy and a critic with optimiser state (~3 GB on disk; 3 iterations
 # ~9 GB: `make demo-clean` removes them). The last policy directory is an
-# HF checkpoint: tests/gen/check_transformers_load.py loads it with transformers when a
-# python3 with transformers is around.
+# HF checkpoint, its tokenizer written from the GGUF's metadata as tokenizer.json +
+# tokenizer_config.json: tests/gen/check_transformers_load.py loads both with transformers
+# when a python3 with transformers is around.
 SMOLLM_GGUF  ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SMOLLM_DIR   ?= demo/smollm
 SMOLLM_ITERS ?= 3

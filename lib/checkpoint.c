@@ -6,6 +6,7 @@
 #include "common.h"       // die, warn, xmalloc, exit codes
 #include "gguf.h"         // gguf_open, gguf_load_model, gguf_write_meta_subset for .gguf models
 #include "llama2c.h"      // llama2c_load for .bin files
+#include "tokenizer.h"    // tokenizer_gguf_export: a GGUF's tokenizer as tokenizer.json
 
 #include <dirent.h>
 #include <errno.h>
@@ -201,8 +202,10 @@ static void save_optimizer(const char *path, const AdamW *opt) {
 // ---- the tokenizer that travels with a checkpoint ----
 // tokenizer.json (HF): copied with its companions from the same folder, so transformers
 // loads the directory as it loaded the source. tokenizer.bin (llama2.c): copied. A GGUF model:
-// its tokenizer.* metadata as a small tokenizer-only GGUF, tokenizer.gguf (tokenizer_load
-// reads it like the model file; transformers cannot: convert with safe-convert for that).
+// its tokenizer.ggml.* metadata written as tokenizer.json + tokenizer_config.json
+// (tokenizer_gguf_export: transformers loads them, tokenizer_load reads the same tokenizer the
+// GGUF gives); when the metadata is not a tokenizer we support (no merges, an unknown
+// pre-tokenizer), the tokenizer.* metadata as a small tokenizer-only GGUF, tokenizer.gguf.
 static const char *const HF_TOKENIZER_COMPANIONS[] = {
     "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json",
     "vocab.json", "merges.txt", "chat_template.jinja", "tokenizer.model",
@@ -224,6 +227,7 @@ static char *dir_of(const char *path) {
 static void save_tokenizer(const char *dir, const char *tok) {
     char *p;
     if (gguf_is_gguf_file(tok)) {
+        if (tokenizer_gguf_export(tok, dir)) return;   // else it warned why: tokenizer.gguf
         Gguf *g = gguf_open(tok);
         const char *prefixes[1] = {"tokenizer."};
         p = path_join(dir, "tokenizer.gguf");

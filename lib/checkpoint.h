@@ -5,7 +5,10 @@
 //   DIR/tokenizer.json           the source's HF tokenizer, copied with tokenizer_config.json,
 //                                special_tokens_map.json, generation_config.json (when present)
 //   DIR/tokenizer.bin            or: copy of the llama2.c tokenizer
-//   DIR/tokenizer.gguf           or: a GGUF model's tokenizer.* metadata (no tensors)
+//                                or: a GGUF model's tokenizer written as tokenizer.json and
+//                                tokenizer_config.json (tokenizer_gguf_export)
+//   DIR/tokenizer.gguf           or: a GGUF model's tokenizer.* metadata (no tensors), when it
+//                                is not a tokenizer tokenizer_gguf_export supports
 //   DIR/optimizer.safetensors    optional: AdamW exp_avg, exp_avg_sq (flat, n_params); step and
 //                                hyper-parameters in __metadata__
 //   DIR/trainer_state.json       optional: the caller's JSON object (step, RNG seed/counter, ...)

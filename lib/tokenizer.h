@@ -60,6 +60,12 @@ typedef struct {
 // often padded past the tokenizer). vocab_size <= 0: no check. Dies with exit 2 naming the file.
 Tokenizer *tokenizer_load(const char *path, int vocab_size);
 void tokenizer_free(Tokenizer *t);
+// Write the tokenizer of GGUF model `gguf_path` into directory `dir` as a Hugging Face
+// tokenizer.json and tokenizer_config.json (lib/tokenizer_gguf.c), which transformers loads and
+// tokenizer_load reads into the tokenizer the GGUF itself gives. Returns 1; 0 (with a warning
+// naming the reason, nothing written) when the metadata is not a tokenizer supported here.
+// Dies (exit 2) on a malformed GGUF, (exit 3) when a file cannot be written.
+int tokenizer_gguf_export(const char *gguf_path, const char *dir);
 // "llama2.c tokenizer.bin", "tokenizer.json byte-level BPE", "GGUF sentencepiece BPE", ...
 const char *tokenizer_kind_name(const Tokenizer *t);
 

@@ -38,6 +38,10 @@ const char *tokenizer_bpe_kind(const Tokenizer *t);
 // backends' loaders
 Tokenizer *tokenizer_load_json(const char *path, int vocab_size);   // tokenizer_bpe.c
 Tokenizer *tokenizer_load_gguf(const char *path, int vocab_size);   // tokenizer_gguf.c
+// The tokenizer.json tree of a GGUF file's tokenizer.ggml.* metadata (model.vocab an array in
+// id order; the caller owns it), its special ids and add_bos into *cfg, its identity into
+// *hash. Dies (exit 2) naming the file on metadata that is missing or not supported.
+json_t *tokenizer_gguf_tree(const char *path, TokConfig *cfg, uint64_t *hash);
 
 // shared helpers (tokenizer.c)
 #define TOK_FNV_OFFSET 14695981039346656037ULL

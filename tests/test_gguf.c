@@ -6,7 +6,9 @@
 //   * llama.cpp-layout models: tiny_llama.gguf (q/k rows permuted as convert_hf_to_gguf.py does)
 //     and tiny_qwen2.gguf (BF16, biases, tied) give the HF fixtures' logits (< 1e-5, floor 1);
 //     tiny_llama_q.gguf (Q8_0/Q4_0/Q4_1 matrices) gives transformers' logits for that file;
-//   * GGUF -> checkpoint_save -> load is bit-identical, with the tokenizer as tokenizer.gguf;
+//   * GGUF -> checkpoint_save -> load is bit-identical, with the tokenizer as tokenizer.gguf
+//     (tiny_qwen2.gguf's tokenizer has no merges, so no tokenizer.json: a warning says so;
+//     tests/test_tokenizer_export.c covers the tokenizer.json that real tokenizers get);
 //   * SmolLM2-135M-Instruct (Q4_1): greedy completion of a fixed prompt equals transformers'
 //     (gguf_file= loading) for 64 tokens. Runs only when models/ has the file
 //     (sh tests/setup-smollm2.sh); `make test` never downloads it.

@@ -16,6 +16,7 @@ check convert_gguf_equals_hf cmp -s "$TMP/from-gguf/model.safetensors" "$TMP/fro
 check convert_hf_tokenizer_copied sh -c "cmp -s $HF/llama_untied/tokenizer.json '$TMP/from-hf/tokenizer.json' &&
   cmp -s $HF/llama_untied/tokenizer_config.json '$TMP/from-hf/tokenizer_config.json' &&
   test -f '$TMP/from-hf/generation_config.json'"
+# (tiny_llama.gguf's gpt2 tokenizer has no merges: tokenizer.gguf, not tokenizer.json)
 check convert_gguf_tokenizer sh -c "test -f '$TMP/from-gguf/tokenizer.gguf' &&
   jq -e '.architectures == [\"LlamaForCausalLM\"] and .tie_word_embeddings == false and .bos_token_id == 1' '$TMP/from-gguf/config.json' >/dev/null"
 # F16 shards + index.json -> one F32 file, and converting our own output again is byte-identical
@@ -73,6 +74,14 @@ if [ -f "$SMOLLM2" ]; then
     safe-rollout --quiet --policy "$SMOLLM2" --prompts "$DATA/hh/prompts.jsonl" --num-prompts 1 --samples-per-prompt 2 \
         --max-new-tokens 4 --max-prompt-tokens 48 --seed 1 -o "$TMP/roll_smol.safe" 2>"$TMP/err"
     check rollout_smollm2_gguf sh -c "safe-cat '$TMP/roll_smol.safe' | jq -s -e 'length == 2 and all(.[]; (.response_tokens | length) >= 1)' >/dev/null"
+    # its tokenizer metadata converts to tokenizer.json + tokenizer_config.json (no tokenizer.gguf),
+    # and converting the result again copies them unchanged
+    safe-convert --quiet "$SMOLLM2" "$TMP/smol-hf" 2>"$TMP/err" && safe-convert --quiet "$TMP/smol-hf" "$TMP/smol-hf2" 2>>"$TMP/err"
+    check convert_smollm2_tokenizer_json sh -c "test ! -e '$TMP/smol-hf/tokenizer.gguf' &&
+      jq -e '.model.type == \"BPE\" and (.model.vocab | length) == 49152 and .post_processor == null' '$TMP/smol-hf/tokenizer.json' >/dev/null &&
+      jq -e '.eos_token == \"<|im_end|>\" and .add_bos_token == false and (.chat_template | length) > 0' '$TMP/smol-hf/tokenizer_config.json' >/dev/null &&
+      cmp -s '$TMP/smol-hf/tokenizer.json' '$TMP/smol-hf2/tokenizer.json' && cmp -s '$TMP/smol-hf/tokenizer_config.json' '$TMP/smol-hf2/tokenizer_config.json'"
+    rm -rf "$TMP/smol-hf" "$TMP/smol-hf2"
 else
-    echo "SKIP rollout_smollm2_gguf: $SMOLLM2 absent (sh tests/setup-smollm2.sh)"
+    echo "SKIP rollout_smollm2_gguf convert_smollm2_tokenizer_json: $SMOLLM2 absent (sh tests/setup-smollm2.sh)"
 fi

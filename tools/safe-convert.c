@@ -7,8 +7,9 @@
 // Writes OUTDIR/config.json (LlamaForCausalLM, or Qwen2ForCausalLM when q/k/v have biases),
 // OUTDIR/model.safetensors (F32, HF names and layout: GGUF weights dequantised and their
 // llama.cpp q/k permutation undone, llama.c weights un-interleaved) and the tokenizer
-// (see checkpoint.h): HF tokenizer.json and companions copied; a GGUF's tokenizer metadata as
-// tokenizer.gguf; a llama2.c tokenizer.bin copied.
+// (see checkpoint.h): HF tokenizer.json and companions copied; a GGUF's tokenizer metadata
+// written as tokenizer.json + tokenizer_config.json (tokenizer.gguf when it is not a tokenizer
+// we support); a llama2.c tokenizer.bin copied.
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>

@@ -5,9 +5,10 @@
 
 Loads DIR with AutoModelForCausalLM (fp32), checks that every weight is finite and that the
 config matches the tensors, and prints a short greedy completion. The tokenizer is DIR's own
-tokenizer.json when it has one, else the one transformers builds from --gguf (the source model
-of a run that started from a GGUF; safe writes its tokenizer metadata as DIR/tokenizer.gguf,
-which transformers does not read). Exit status 0 when the checkpoint loads and runs, 1 otherwise.
+tokenizer.json (with its tokenizer_config.json) when it has one: safe writes them for a run
+that started from a GGUF too (from the GGUF's tokenizer metadata). Else (an older checkpoint
+that carries DIR/tokenizer.gguf, which transformers does not read) the one transformers builds
+from --gguf, the source model. Exit status 0 when the checkpoint loads and runs, 1 otherwise.
 Used by `make demo-smollm`; needs torch and transformers (>= 4.45 for --gguf).
 """
 import argparse
@@ -41,9 +42,12 @@ def main():
 
     if os.path.exists(os.path.join(a.dir, "tokenizer.json")):
         tok = AutoTokenizer.from_pretrained(a.dir)
+        print(f"== tokenizer: {a.dir}/tokenizer.json ({type(tok).__name__}, {len(tok)} tokens"
+              f"{', chat template' if tok.chat_template else ''})")
     elif a.gguf:
         d, f = os.path.split(os.path.abspath(a.gguf))
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+        print(f"== tokenizer: built by transformers from {a.gguf} ({a.dir} has no tokenizer.json)")
     else:
         print("== no tokenizer.json and no --gguf: loaded, not generating")
         return 0

@@ -124,10 +124,54 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIBSAFE) $(HEADERS)
 	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIBSAFE) $(LDLIBS)
 
 tools: $(TOOLS)
-tests: $(TESTS) $(GPU_TESTS)
+# the kernel lab on the CPU emulation (tests/test_gpu_emu.sh runs it); not under sanitizers,
+# which do not follow the emulator's stack switches
+EMU_TESTS := $(if $(filter 1,$(SAN)),,$(BUILD)/emu/test_kernels)
+tests: $(TESTS) $(GPU_TESTS) $(EMU_TESTS)
 gpu-tests: $(GPU_TESTS)
 	@test -n "$(GPU_TESTS)" || { echo "gpu-tests: this build has no CUDA (it needs nvcc: CUDA=1)"; exit 2; }
 benches: $(BENCHES)
+
+# ---- the CUDA kernels on a CPU emulation (tests/gpu/emu/): no GPU, no nvcc needed ----
+#   make test-gpu-emu        kernels/*.cu compiled as host C++, every CUDA thread a fiber;
+#                            tests/gpu/test_kernels --quick against it (about a minute)
+#   make gpu-emu-tools       safe-rollout/-critic/-update/-generate linked with it, in
+#                            build/emu/bin: GPU_RUN_BIN=build/emu/bin GPU_RUN_SKIP="kernels bench demo"
+#                            bash tests/gpu/run.sh then runs the SAFE iteration with --device cuda
+CXX         ?= g++
+EMU         := $(BUILD)/emu
+EMU_CU      := $(filter-out kernels/runtime.cu kernels/gemm.cu,$(wildcard kernels/*.cu))
+EMU_OBJ     := $(patsubst kernels/%.cu,$(EMU)/k_%.o,$(EMU_CU)) \
+               $(patsubst tests/gpu/emu/%.cpp,$(EMU)/%.o,$(wildcard tests/gpu/emu/*.cpp)) \
+               $(EMU)/lib_cuda_model.o $(EMU)/lib_cuda_generate.o $(EMU)/lib_backend.o
+EMU_CXXFLAGS = -std=c++17 -O1 -g -ffp-contract=off -w -Itests/gpu/emu -Ikernels -Ilib
+EMU_CFLAGS   = $(CFLAGS_BASE) -O1 -DSAFE_CUDA=1
+
+$(EMU)/k_%.cpp: kernels/%.cu
+	@mkdir -p $(dir $@)
+	sed -E -e 's/extern __shared__ __align__\(16\) unsigned char smem\[\];/unsigned char *smem = emu_dyn_smem();/' \
+	    -e 's/([A-Za-z_][A-Za-z_0-9]*(<[A-Za-z_0-9]*>)?)<<<(.*)>>>\(/emu_launch(\1, \3, /' $< > $@
+$(EMU)/k_%.o: $(EMU)/k_%.cpp tests/gpu/emu/cuda_runtime.h tests/gpu/emu/cuda_bf16.h kernels/common.cuh $(HEADERS)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+$(EMU)/%.o: tests/gpu/emu/%.cpp tests/gpu/emu/cuda_runtime.h tests/gpu/emu/cuda_bf16.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+$(EMU)/lib_%.o: lib/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(EMU_CFLAGS) -c $< -o $@
+$(EMU)/test_kernels: tests/gpu/test_kernels.c $(EMU_OBJ) $(LIBSAFE)
+	$(CC) $(EMU_CFLAGS) $< -o $@ $(EMU_OBJ) $(LDFLAGS) $(LIBSAFE) $(LDLIBS) -lstdc++
+$(EMU)/bin/%: tools/%.c $(EMU_OBJ) $(LIBSAFE)
+	@mkdir -p $(dir $@)
+	$(CC) $(EMU_CFLAGS) $< -o $@ $(EMU_OBJ) $(LDFLAGS) $(LIBSAFE) $(LDLIBS) -lstdc++
+
+.PRECIOUS: $(EMU)/k_%.cpp
+.PHONY: test-gpu-emu gpu-emu-tools
+test-gpu-emu: $(EMU)/test_kernels
+	$(EMU)/test_kernels --quick $(if $(SEED),--seed $(SEED))
+gpu-emu-tools: all $(patsubst %,$(EMU)/bin/%,safe-rollout safe-critic safe-update safe-generate)
+	@for t in $(filter-out safe-rollout safe-critic safe-update safe-generate,$(notdir $(TOOLS))); do \
+	  ln -sf $(abspath $(BIN))/$$t $(EMU)/bin/$$t; done
 
 test: all tests
 	@SAFE_BIN=$(abspath $(BIN)) SAFE_BUILD=$(abspath $(BUILD)) sh tests/run.sh

@@ -285,12 +285,31 @@ static void add_token_ids(json_t *cfg, const CheckpointParts *parts) {
     }
 }
 
+// Saving replaces `dir` whole; refuse when that would throw away something that is not a
+// checkpoint (a file, or a non-empty directory without config.json).
+void checkpoint_check_target(const char *dir) {
+    if (!exists(dir)) return;
+    if (!is_dir(dir)) die(EXIT_USAGE, "%s exists and is not a directory; a checkpoint is a directory", dir);
+    char *cfg = path_join(dir, "config.json");
+    int is_ckpt = exists(cfg);
+    free(cfg);
+    if (is_ckpt) return;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int empty = 1;
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
+    if (d) closedir(d);
+    if (!empty)
+        die(EXIT_USAGE, "%s is a non-empty directory without config.json: refusing to replace it with a "
+                        "checkpoint (choose another output directory)", dir);
+}
+
 void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *parts) {
     // strip trailing slashes: "ck/" and "ck" name the same directory
     char *final = xstrdup(dir);
     for (size_t n = strlen(final); n > 1 && final[n - 1] == '/'; n--) final[n - 1] = '\0';
-    if (exists(final) && !is_dir(final))
-        die(EXIT_USAGE, "%s exists and is not a directory; a checkpoint is a directory", final);
+    checkpoint_check_target(final);
 
     size_t tn = strlen(final) + 32;
     char *tmp = xmalloc(tn), *old = xmalloc(tn);

@@ -52,6 +52,9 @@ typedef struct {
 // Save m (and the parts) as checkpoint directory `dir`. parts may be NULL. Dies (exit 3) on
 // I/O errors; a leftover temporary directory is removed on the way out.
 void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *parts);
+// Die (exit 1) unless `dir` is absent, empty, or a checkpoint (has config.json): saving
+// replaces the directory whole. Tools call it at start-up, before any work.
+void checkpoint_check_target(const char *dir);
 
 // 1 when path is a directory with a config.json.
 int checkpoint_is_dir(const char *path);

@@ -57,6 +57,8 @@ int control_params_check(const ControlParams *p, char *why, size_t why_len) {
                    phase_names[i], p->phase_factor[i]);
     if (p->tau_min > p->tau_max)
         REFUSE("--tau-min (%g) must not exceed --tau-max (%g)", p->tau_min, p->tau_max);
+    if (p->tau_base < p->tau_min || p->tau_base > p->tau_max)
+        REFUSE("--tau-base (%g) must lie within --tau-min (%g) and --tau-max (%g)", p->tau_base, p->tau_min, p->tau_max);
     if (!(p->ema > 0 && p->ema < 1)) REFUSE("--ema must lie strictly between 0 and 1 (got %g)", p->ema);
     if (p->window < 1 || p->window > CONTROL_WINDOW_MAX)
         REFUSE("--window must be in 1..%d (got %d)", CONTROL_WINDOW_MAX, p->window);

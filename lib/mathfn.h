@@ -27,7 +27,11 @@ static inline float exp_approx(float x) {
     p = p * r + 1.6666665459E-1f;
     p = p * r + 5.0000001201E-1f;
     float y = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;   // 2^n, n in [-126, 127]
+    // n is in [-126, 127] for any finite x; a NaN x makes n NaN, and converting that to an
+    // integer is undefined: clamp so that a NaN lands on -126 (y is NaN, so is the result)
+    n = n >= -126.0f ? n : -126.0f;
+    n = n <= 127.0f ? n : 127.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;   // 2^n
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return y * scale;
@@ -62,7 +66,9 @@ static inline __attribute__((always_inline)) v8f exp_approx8(v8f x) {
     p = p * r + v8f_set1(1.6666665459E-1f);
     p = p * r + v8f_set1(5.0000001201E-1f);
     v8f y = p * r * r + r + v8f_set1(1.0f);
-    v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+    n = v8f_select(n >= v8f_set1(-126.0f), n, v8f_set1(-126.0f));   // NaN -> -126, as above
+    n = v8f_select(n <= v8f_set1(127.0f), n, v8f_set1(127.0f));
+    v8i bits = (v8i)((__builtin_convertvector(n, v8i) + 127) * 8388608);   // << 23, no signed shift
     return y * (v8f)bits;
 }
 

@@ -464,6 +464,15 @@ static double parse_answer(Exec *s, const char *id, const char *line, size_t n, 
     if (json_num(j, &reward)) {
         // a bare number
     } else if (json_is_object(j)) {
+        // answers come in request order; an answer that names its record must name this one
+        json_t *aid = json_object_get(j, "id");
+        if (aid && (!json_is_string(aid) || strcmp(json_string_value(aid), id) != 0)) {
+            char why[512];
+            snprintf(why, sizeof why, "answer names record '%.200s' (answers must come one per request, in order)",
+                     json_is_string(aid) ? json_string_value(aid) : "?");
+            json_decref(j);
+            exec_garbage(s, id, why, line, n);
+        }
         json_t *r = json_object_get(j, "reward");
         if (!r) { json_decref(j); exec_garbage(s, id, "no \"reward\" key", line, n); }
         if (!json_num(r, &reward)) { json_decref(j); exec_garbage(s, id, "\"reward\" is not a number", line, n); }
@@ -501,7 +510,15 @@ static void exec_chunk(Exec *s, const ScoreRequest *req, int k, double *reward, 
             answered++;
             deadline = now_seconds() + s->timeout;
         }
-        if (answered == k) break;
+        if (answered == k) {
+            // every request of the chunk is answered: anything more is a surplus answer
+            size_t i = 0;
+            while (i < s->in_len && is_space(s->in[i])) i++;
+            if (i < s->in_len)
+                exec_garbage(s, req[k - 1].id, "more answer lines than requests (one line per request)",
+                             s->in + i, strcspn(s->in + i, "\n") < s->in_len - i ? strcspn(s->in + i, "\n") : s->in_len - i);
+            break;
+        }
         if (s->eof) exec_dead(s, req[answered].id);
         double left = deadline - now_seconds();
         if (left <= 0) {
@@ -559,7 +576,7 @@ static void exec_free(void *impl) {
         char how[128];
         warn("scorer command '%s' %s after answering", s->cmd, exit_words(s->status, how, sizeof how));
     }
-    if (s->in_len) warn("scorer command '%s' sent %zu bytes more than its answers", s->cmd, s->in_len);
+    if (s->in_len) warn("scorer command '%s' sent %zu bytes after its last answer", s->cmd, s->in_len);
     close(s->from_fd);
     free(s->cmd);
     free(s->in);

@@ -234,6 +234,18 @@ ShardReader *shard_open_zin(struct ZIn *z) {
 ShardReader *shard_open(const char *path) { return shard_open_zin(zin_open(path)); }
 
 const Record *shard_header_record(ShardReader *r) { return &r->hrec; }
+
+void shard_expect_kind(const Record *header, const char *kinds, const char *hint) {
+    size_t n = 0;
+    const char *k = rec_has(header, "kind") ? rec_str(header, "kind", &n) : "";
+    for (const char *p = kinds; *p;) {
+        size_t len = strcspn(p, "|");
+        if (len == n && memcmp(p, k, n) == 0) return;
+        p += len + (p[len] == '|');
+    }
+    die(EXIT_BADINPUT, "%s: header: field 'kind' is \"%.*s\", expected %s\n  hint: %s", header->file, (int)n, k,
+        kinds, hint);
+}
 const msgpack_object *shard_header(ShardReader *r) { return &r->header.data; }
 const char *shard_path(ShardReader *r) { return r->path; }
 long shard_records_read(ShardReader *r) { return r->next_index; }

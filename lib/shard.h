@@ -47,6 +47,9 @@ const msgpack_object *shard_header(ShardReader *r);     // header map
 int shard_next(ShardReader *r, Record *rec);            // 1 = got a record, 0 = clean end
 void shard_close(ShardReader *r);
 const char *shard_path(ShardReader *r);
+// Die (exit 2) unless the header's "kind" is one of `kinds` ("scored|adv"); `hint` says which
+// tool makes the expected kind.
+void shard_expect_kind(const Record *header, const char *kinds, const char *hint);
 
 // Field access. rec_find returns NULL when absent; the others die (exit 2) naming
 // file, record and field when the field is missing or has the wrong type.

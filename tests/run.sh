@@ -2,6 +2,10 @@
 # run.sh — run every test program and shell test; the last line is "N passed, N failed".
 : "${SAFE_BUILD:?run through make test}"
 here=$(cd "$(dirname "$0")" && pwd)
+# The suite checks the CPU reference engine, also on a machine with a GPU (where the tools
+# would default to cuda); tests/gpu/run.sh checks the CUDA backend.
+SAFE_DEVICE=${SAFE_DEVICE:-cpu}
+export SAFE_DEVICE
 log=$(mktemp)
 for t in "$SAFE_BUILD"/tests/test_*; do
     [ -x "$t" ] || continue

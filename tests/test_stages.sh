@@ -70,7 +70,16 @@ check nan_reward_leaves_no_output test ! -e "$TMP/nan_adv.safe" -a ! -e "$TMP/na
 expect_status dead_scorer_exit_3 3 safe-score --exec 'exit 0' --quiet -i "$TMP/small.safe" -o "$TMP/dead.safe"
 expect_status garbage_scorer_exit_2 2 safe-score --exec 'while read -r line; do echo hello; done' --quiet -i "$TMP/small.safe" -o "$TMP/garbage.safe"
 
+expect_status surplus_answers_exit_2 2 safe-score --exec 'sed -u "s/.*/0.1\n0.2/"' --quiet -i "$TMP/small.safe" -o "$TMP/surplus.safe"
+check surplus_answers_leave_no_output test ! -e "$TMP/surplus.safe"
+expect_status answer_for_other_record_exit_2 2 safe-score --exec 'while read -r l; do echo "{\"id\": \"nope\", \"reward\": 1}"; done' --quiet -i "$TMP/small.safe" -o "$TMP/wrongid.safe"
+check answer_for_other_record_named grep -q "nope" "$TMP/err"
+
 # ---- refused settings and bad input ----
+mkdir -p "$TMP/precious/sub" && echo keep > "$TMP/precious/notes.txt"
+expect_status update_refuses_non_checkpoint_dir 1 safe-update --policy "$MODEL" --lr 0 --quiet -i "$TMP/epc_adv.safe" -o "$TMP/precious" --stats "$TMP/precious_stats.safe"
+check update_keeps_non_checkpoint_dir test -f "$TMP/precious/notes.txt" -a -d "$TMP/precious/sub" -a ! -e "$TMP/precious_stats.safe"
+
 expect_status update_minibatches_must_divide 1 safe-update --policy "$MODEL" --minibatches 3 -i "$TMP/epc_adv.safe" -o "$TMP/x"
 expect_status critic_needs_one_source 1 safe-critic -i "$TMP/epc_adv.safe" --out-critic "$TMP/x"
 expect_status update_missing_adv_field 2 safe-update --policy "$MODEL" -i "$TMP/small.safe" -o "$TMP/x"

@@ -549,6 +549,7 @@ static void write_output(const Options *o, const RecStore *s, const SeqBatch *sb
 static double read_beta(const Options *o) {
     if (!o->control) return o->beta;
     ShardReader *r = shard_open(o->control);
+    shard_expect_kind(shard_header_record(r), "control", "control states are made by safe-pid (--init for the first)");
     Record rec;
     double beta = o->beta;
     if (shard_next(r, &rec) && rec_has(&rec, "beta")) beta = rec_f64(&rec, "beta");
@@ -561,6 +562,7 @@ int main(int argc, char **argv) {
     safe_progname = "safe-critic";
     Options o;
     parse_args(argc, argv, &o);
+    checkpoint_check_target(o.out_critic);   // before any work: saving replaces the directory
     comm_init(o.comm_timeout);
     const CommInfo *ci = comm_info();
     int root = ci->rank == 0;   // rank 0 writes the records and the critic; the others nothing
@@ -571,6 +573,7 @@ int main(int argc, char **argv) {
     }
     double beta = read_beta(&o);
     RecStore *s = recstore_read(o.input);
+    shard_expect_kind(&s->header, "scored|adv", "safe-critic reads safe-score's output (records with a reward)");
     if (s->n < 2) die(EXIT_BADINPUT, "%s: %zu records: the critic needs at least 2 to whiten advantages", s->path, s->n);
     if (s->n % (size_t)o.minibatches != 0)
         die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);

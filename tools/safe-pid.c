@@ -459,8 +459,9 @@ int main(int argc, char **argv) {
     double rbar, zkl, zn;
     read_stats(&o, &x, &rbar, &zkl, &zn);
     if (o.control_path && control_iter != x.iteration - 1)
-        warn("control state %s is for iteration %ld but the stats are of iteration %ld",
-             o.control_path, control_iter, x.iteration - 1);
+        die(EXIT_BADINPUT, "%s: record 0: field 'iteration' is %ld but the stats are of iteration %ld: "
+            "pass the control state the update of that iteration used", o.control_path, control_iter,
+            x.iteration - 1);
 
     // PID threshold and phase: `rate` controller updates with this iteration's reward mean
     for (int i = 0; i < o.rate; i++) control_update(&s, &o.p, rbar);

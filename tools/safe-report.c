@@ -202,7 +202,7 @@ static void print_summary(const Iter *its, int n) {
     }
     int tail = n < 200 ? n : 200, k3 = n < 3 ? n : 3;
     qsort(kl, n, sizeof(double), cmp_dbl);
-    printf("summary over %d iterations (%.1f s):\n", n, seconds);
+    printf("summary over %d iterations (%.1f s in safe-update):\n", n, seconds);
     printf("  reward mean: all %.4f, last %d %.4f; first %d %.4f -> last %d %.4f\n", mean_of(r, n), tail,
            mean_of(r + n - tail, tail), k3, mean_of(r, k3), k3, mean_of(r + n - k3, k3));
     printf("  volatility: std of per-step mean %.4f, mean rolling-50 std %.4f, mean within-batch std %.4f\n",

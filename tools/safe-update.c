@@ -36,7 +36,7 @@ typedef struct {
     int epochs, minibatches;
     float lr, weight_decay, beta1, beta2, adam_eps;
     float clip_eps, ent_coef, grad_clip;
-    float temperature;      // 0: from the input header
+    float temperature;      // < 0: from the input header
     double step_limit;      // predictive step limit KL_max; 0 = off
     EPCConfig epc;
     int momentum_window;
@@ -64,7 +64,7 @@ static void usage(FILE *f) {
         "  --weight-decay X       AdamW decoupled weight decay (0.01)\n"
         "  --clip X               PPO ratio clip epsilon (0.2)\n"
         "  --ent-coef X           entropy bonus c_H (0.01 for safe, 0 for ppo)\n"
-        "  --grad-clip X          global gradient-norm clip (1.0)\n"
+        "  --grad-clip X          global gradient-norm clip (1.0; 0 = off)\n"
         "  --temperature T        sampling temperature of the log-probs (default: the rollout's)\n"
         "  --epc-detach           reference-code behaviour: the EPC penalty has no gradient\n"
         "  --kl-estimator k1|k3   estimator of kappa for EPC (k1)\n"
@@ -75,6 +75,7 @@ static void usage(FILE *f) {
         "  --momentum             add the KL momentum term (off)\n"
         "  --lambda-m X           momentum weight (5.0)\n"
         "  --step-limit KLMAX     predictive step limit: scale a step whose KL(old||new) > KLMAX\n"
+        "                         (0 = off, the default)\n"
         "  --seed N               minibatch shuffling seed (0)\n"
         "  --level N              zstd level of the stats shard (3; 0 = raw)\n"
         "  --quiet                no progress on stderr\n"
@@ -115,7 +116,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET}, {"comm-timeout", 1, 0, O_COMMTO},
         {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
     *o = (Options){.input = "-", .stats = "-", .algo = "safe", .epochs = 2, .minibatches = 1,
-                   .lr = 1e-5f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f,
+                   .lr = 1e-5f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .temperature = -1,
                    .adam_eps = 1e-8f, .clip_eps = 0.2f, .ent_coef = -1, .grad_clip = 1.0f,
                    .level = 3, .epc = epc_defaults()};
     int c;
@@ -134,7 +135,10 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_CLIP: o->clip_eps = parse_float("clip", optarg); break;
         case O_ENT: o->ent_coef = parse_float("ent-coef", optarg); break;
         case O_GCLIP: o->grad_clip = parse_float("grad-clip", optarg); break;
-        case O_TEMP: o->temperature = parse_float("temperature", optarg); break;
+        case O_TEMP:
+            o->temperature = parse_float("temperature", optarg);
+            if (!(o->temperature > 0)) die(EXIT_USAGE, "--temperature must be > 0 (got %g)", o->temperature);
+            break;
         case O_DETACH: o->epc.detach = 1; break;
         case O_KLEST:
             if (strcmp(optarg, "k1") == 0) o->epc.est = KL_K1;
@@ -170,7 +174,6 @@ static void parse_args(int argc, char **argv, Options *o) {
     if (o->weight_decay < 0) die(EXIT_USAGE, "--weight-decay must be >= 0 (got %g)", o->weight_decay);
     if (o->clip_eps <= 0) die(EXIT_USAGE, "--clip must be > 0 (got %g)", o->clip_eps);
     if (o->grad_clip < 0) die(EXIT_USAGE, "--grad-clip must be >= 0 (0 = off; got %g)", o->grad_clip);
-    if (o->temperature < 0) die(EXIT_USAGE, "--temperature must be > 0 (got %g)", o->temperature);
     if (o->step_limit < 0) die(EXIT_USAGE, "--step-limit must be > 0 (0 = off; got %g)", o->step_limit);
     if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
     char why[256];
@@ -189,6 +192,7 @@ static Control read_control(const char *path) {
     Control c = {.tau = 0.45, .k_short = 0, .k_long = 0, .iteration = -1};
     if (!path) return c;   // the initial state: see control.h (tau = clip(0.3 * 1.5))
     ShardReader *r = shard_open(path);
+    shard_expect_kind(shard_header_record(r), "control", "control states are made by safe-pid (--init for the first)");
     Record rec;
     if (!shard_next(r, &rec)) die(EXIT_BADINPUT, "%s: control state has no record (make it with safe-pid --init)", path);
     c.tau = rec_f64(&rec, "tau");
@@ -466,6 +470,7 @@ int main(int argc, char **argv) {
     safe_progname = "safe-update";
     Options o;
     parse_args(argc, argv, &o);
+    checkpoint_check_target(o.output);   // before any work: saving replaces the directory
     double t0 = now_seconds();
     comm_init(o.comm_timeout);
     const CommInfo *ci = comm_info();
@@ -478,13 +483,18 @@ int main(int argc, char **argv) {
 
     Control ctl = read_control(o.control);
     RecStore *s = recstore_read(o.input);
+    shard_expect_kind(&s->header, "adv", "safe-update trains on safe-critic's output (values and advantages)");
     if (s->n == 0) die(EXIT_BADINPUT, "%s: no records to train on", s->path);
     if (s->n % (size_t)o.minibatches != 0)
         die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);
     if (s->n / (size_t)o.minibatches < (size_t)ci->world)
         die(EXIT_USAGE, "minibatches of %zu records cannot be split over %d ranks: use fewer --minibatches or fewer ranks",
             s->n / (size_t)o.minibatches, ci->world);
-    if (o.temperature == 0) o.temperature = (float)recstore_header_f64(s, "temperature", 1.0);
+    double rollout_temp = recstore_header_f64(s, "temperature", -1);
+    if (o.temperature < 0) o.temperature = rollout_temp > 0 ? (float)rollout_temp : 1.0f;
+    else if (rollout_temp > 0 && fabs(rollout_temp - o.temperature) > 1e-6)
+        warn("--temperature %g differs from the rollout's %g: ratios and KL then compare different distributions",
+             o.temperature, rollout_temp);
     if (!(o.temperature > 0)) die(EXIT_BADINPUT, "%s: header field 'temperature' must be > 0", s->path);
     long iteration = (long)recstore_header_f64(s, "iteration", ctl.iteration > 0 ? ctl.iteration : 0);
 

@@ -191,7 +191,9 @@ if [ "$DRY" != 1 ] && ! skipped demo && [ "$(left)" -gt 45 ]; then
 
 # ---- summary ------------------------------------------------------------------------------------
 {
-    echo "# tests/gpu/run.sh — $(date -u +%Y-%m-%d) — $( [ "$DRY" = 1 ] && echo 'DRY run (no GPU)' || nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+    gpu="DRY run (no GPU)"
+    [ "$DRY" = 1 ] || gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+    echo "# tests/gpu/run.sh — $(date -u +%Y-%m-%d) — ${gpu:-no nvidia-smi}"
     echo
     cat "$WORK/stages.md"
     for f in iteration.txt bench.txt; do

@@ -3,7 +3,7 @@
 
 Reads one JSON request per line, {"id", "prompt", "response"}, and answers each with one line
     {"reward": <words in the response>, "chars": <characters>, "prompt_words": <words>, "id": <id>}
-("id" is a string, so safe-score ignores it; the numeric extras become reward components).
+(safe-score checks that "id" names the request; the numeric extras become reward components).
 
 Test switches:
     --nan-id ID      answer NaN (Python's json token) for record ID

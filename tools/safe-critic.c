@@ -79,7 +79,7 @@ static void usage(FILE *f) {
         "  --no-whiten            leave advantages unwhitened\n"
         "  --seed N               head initialisation and minibatch shuffling seed (0)\n"
         "  --level N              zstd level of the output (3; 0 = raw)\n"
-        "  --quiet                no progress on stderr\n"
+        "  -q, --quiet                no progress on stderr\n"
         "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
         DEVICE_USAGE
         "  --help, --version\n"
@@ -121,7 +121,7 @@ static void parse_args(int argc, char **argv, Options *o) {
                    .lr = 1e-5f, .weight_decay = 0.01f, .grad_clip = 0.5f, .beta = 0.05f,
                    .epochs = 2, .minibatches = 1, .level = 3};
     int c;
-    while ((c = getopt_long(argc, argv, "i:o:", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "i:o:q", longs, NULL)) != -1) {
         switch (c) {
         case O_CRITIC: o->critic = optarg; break;
         case O_INIT: o->init_from = optarg; break;
@@ -146,7 +146,8 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_NOWHITEN: o->no_whiten = 1; break;
         case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
         case O_LEVEL: o->level = parse_int("level", optarg); break;
-        case O_QUIET: o->quiet = 1; break;
+        case O_QUIET:
+        case 'q': o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_DEVICE: o->device = optarg; break;
         case O_HELP: usage(stdout); exit(EXIT_OK);

@@ -22,7 +22,7 @@ typedef struct {
     const char *policy, *ref, *tokenizer, *prompts, *output;
     const char *device;   // --device: cpu, cuda, auto (NULL: automatic)
     int num_prompts, samples, max_new_tokens, max_prompt_tokens, batch, top_k, iteration;
-    int shard_i, shard_n, allow_truncation, level, quiet;
+    int shard_i, shard_n, allow_truncation, level, quiet, num_prompts_given;
     float temperature, top_p;
     unsigned long long seed;
 } Options;
@@ -52,7 +52,7 @@ static void usage(FILE *f) {
         "                           prompts; concatenated shards equal the unsharded run\n"
         "  --batch N                sequences decoded together (64)\n"
         "  -o, --output FILE        ('-' = stdout, default)   --level N   zstd level (3; 0 raw)\n"
-        "  --quiet                  no progress on stderr\n"
+        "  -q, --quiet                  no progress on stderr\n"
         DEVICE_USAGE
         "  --help, --version\n");
 }
@@ -88,13 +88,16 @@ static void parse_args(int argc, char **argv, Options *o) {
     *o = (Options){.output = "-", .samples = 4, .max_new_tokens = 64, .batch = 64,
                    .temperature = 1.0f, .top_p = 1.0f, .shard_n = 1, .level = 3};
     int c;
-    while ((c = getopt_long(argc, argv, "o:", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:q", longs, NULL)) != -1) {
         switch (c) {
         case O_POLICY: o->policy = optarg; break;
         case O_REF: o->ref = optarg; break;
         case O_TOK: o->tokenizer = optarg; break;
         case O_PROMPTS: o->prompts = optarg; break;
-        case O_NUM: o->num_prompts = parse_int("num-prompts", optarg); break;
+        case O_NUM:
+            o->num_prompts = parse_int("num-prompts", optarg);
+            o->num_prompts_given = 1;
+            break;
         case O_SAMPLES: o->samples = parse_int("samples-per-prompt", optarg); break;
         case O_MAXNEW: o->max_new_tokens = parse_int("max-new-tokens", optarg); break;
         case O_MAXPROMPT: o->max_prompt_tokens = parse_int("max-prompt-tokens", optarg); break;
@@ -112,7 +115,8 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_BATCH: o->batch = parse_int("batch", optarg); break;
         case 'o': o->output = optarg; break;
         case O_LEVEL: o->level = parse_int("level", optarg); break;
-        case O_QUIET: o->quiet = 1; break;
+        case O_QUIET:
+        case 'q': o->quiet = 1; break;
         case O_DEVICE: o->device = optarg; break;
         case O_GREEDY: die(EXIT_USAGE, "greedy decoding is for evaluation only (use safe-generate --greedy); "
                                        "training rollouts must sample at a temperature > 0");
@@ -129,7 +133,7 @@ static void parse_args(int argc, char **argv, Options *o) {
     if (o->samples < 1) die(EXIT_USAGE, "--samples-per-prompt must be >= 1 (got %d)", o->samples);
     if (o->max_new_tokens < 1) die(EXIT_USAGE, "--max-new-tokens must be >= 1 (got %d)", o->max_new_tokens);
     if (o->max_prompt_tokens < 0 || o->max_prompt_tokens == 1) die(EXIT_USAGE, "--max-prompt-tokens must be >= 2 (got %d)", o->max_prompt_tokens);
-    if (o->num_prompts < 0) die(EXIT_USAGE, "--num-prompts must be >= 1 (got %d)", o->num_prompts);
+    if (o->num_prompts_given && o->num_prompts < 1) die(EXIT_USAGE, "--num-prompts must be >= 1 (got %d)", o->num_prompts);
     if (o->batch < 1) die(EXIT_USAGE, "--batch must be >= 1 (got %d)", o->batch);
     if (o->iteration < 0) die(EXIT_USAGE, "--iteration must be >= 0 (got %d)", o->iteration);
     if (o->top_k < 0) die(EXIT_USAGE, "--top-k must be >= 0 (got %d)", o->top_k);

@@ -78,7 +78,7 @@ static void usage(FILE *f) {
         "                         (0 = off, the default)\n"
         "  --seed N               minibatch shuffling seed (0)\n"
         "  --level N              zstd level of the stats shard (3; 0 = raw)\n"
-        "  --quiet                no progress on stderr\n"
+        "  -q, --quiet                no progress on stderr\n"
         "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
         DEVICE_USAGE
         "  --help, --version\n"
@@ -120,7 +120,7 @@ static void parse_args(int argc, char **argv, Options *o) {
                    .adam_eps = 1e-8f, .clip_eps = 0.2f, .ent_coef = -1, .grad_clip = 1.0f,
                    .level = 3, .epc = epc_defaults()};
     int c;
-    while ((c = getopt_long(argc, argv, "i:o:", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "i:o:q", longs, NULL)) != -1) {
         switch (c) {
         case O_POLICY: o->policy = optarg; break;
         case O_CONTROL: o->control = optarg; break;
@@ -154,7 +154,8 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_STEPLIM: o->step_limit = parse_float("step-limit", optarg); break;
         case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
         case O_LEVEL: o->level = parse_int("level", optarg); break;
-        case O_QUIET: o->quiet = 1; break;
+        case O_QUIET:
+        case 'q': o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_DEVICE: o->device = optarg; break;
         case O_HELP: usage(stdout); exit(EXIT_OK);

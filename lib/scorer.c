@@ -566,9 +566,33 @@ static void exec_batch(void *impl, const ScoreRequest *req, int n, double *rewar
 
 static int exec_batch_size(const void *impl) { return ((const Exec *)impl)->batch; }
 
+// After the last request: read what the command still prints until it closes its output;
+// anything but blanks is an answer without a request.
+static void exec_drain(Exec *s) {
+    double deadline = now_seconds() + (s->timeout < 10 ? s->timeout : 10);
+    while (!s->eof && now_seconds() < deadline) {
+        struct pollfd p = {s->from_fd, POLLIN, 0};
+        if (poll(&p, 1, 100) <= 0) continue;
+        if (s->in_cap - s->in_len < 4096) s->in = xrealloc(s->in, s->in_cap = 2 * s->in_cap + 4096);
+        ssize_t got = read(s->from_fd, s->in + s->in_len, s->in_cap - s->in_len);
+        if (got > 0) s->in_len += (size_t)got;
+        else if (got == 0 || (errno != EAGAIN && errno != EINTR)) s->eof = 1;
+    }
+    size_t i = 0;
+    while (i < s->in_len && is_space(s->in[i])) i++;
+    if (i < s->in_len) {
+        size_t n = strcspn(s->in + i, "\n");
+        if (n > s->in_len - i) n = s->in_len - i;
+        exec_garbage(s, "(after the last record)", "more answer lines than requests (one line per request)",
+                     s->in + i, n);
+    }
+    s->in_len = 0;
+}
+
 static void exec_free(void *impl) {
     Exec *s = impl;
     close(s->to_fd);  // EOF on its stdin: a well-behaved scorer exits now
+    exec_drain(s);
     if (!reap(s, s->timeout < 10 ? s->timeout : 10)) {
         warn("scorer command '%s' did not exit after its input closed; killed it", s->cmd);
         kill_and_reap(s);

@@ -113,7 +113,7 @@ expect_status dp_world_from_srun_needs_mpi 1 env SLURM_STEP_NUM_TASKS=2 SLURM_NT
 # a batch script's own shell (SLURM_PROCID=0, the job's SLURM_NTASKS, no srun step) is one rank
 expect_status dp_batch_script_is_one_rank 2 env SLURM_NTASKS=4 SLURM_PROCID=0 SLURM_LOCALID=0 \
     safe-update --policy "$MODEL" --quiet -i "$TMP/scored.safe" -o "$TMP/x"
-check dp_batch_script_reads_input grep -q "record 0.*adv" "$TMP/err"
+check dp_batch_script_reads_input grep -q "kind.*expected adv" "$TMP/err"
 expect_status dp_rank_beyond_world 1 env WORLD_SIZE=2 RANK=2 safe-update --policy "$MODEL" --quiet -i "$TMP/adv1.safe" -o "$TMP/x"
 expect_status dp_bad_comm_timeout 1 safe-update --policy "$MODEL" --comm-timeout 0 -o "$TMP/x"
 

@@ -82,7 +82,10 @@ check update_keeps_non_checkpoint_dir test -f "$TMP/precious/notes.txt" -a -d "$
 
 expect_status update_minibatches_must_divide 1 safe-update --policy "$MODEL" --minibatches 3 -i "$TMP/epc_adv.safe" -o "$TMP/x"
 expect_status critic_needs_one_source 1 safe-critic -i "$TMP/epc_adv.safe" --out-critic "$TMP/x"
-expect_status update_missing_adv_field 2 safe-update --policy "$MODEL" -i "$TMP/small.safe" -o "$TMP/x"
+expect_status update_refuses_rollout_shard 2 safe-update --policy "$MODEL" -i "$TMP/small.safe" -o "$TMP/x"
+check update_names_expected_kind grep -q "kind.*expected adv" "$TMP/err"
+safe-cat --with-header "$TMP/epc_adv.safe" | jq -c 'del(.adv)' | safe-cat --to-shard > "$TMP/noadv.safe"
+expect_status update_missing_adv_field 2 safe-update --policy "$MODEL" -i "$TMP/noadv.safe" -o "$TMP/x"
 check update_missing_field_named grep -q "record 0.*adv" "$TMP/err"
 
 # ---- the PPO baseline runs through the same pipeline ----

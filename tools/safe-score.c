@@ -368,8 +368,8 @@ int main(int argc, char **argv) {
     }
     progress_end(prog);
     shard_close(r);
+    scorer_free(sc);   // first: a scorer that answers more lines than requests fails the run
     shard_commit(w);
-    scorer_free(sc);
     if (nonfinite)
         warn("%ld record(s) have a non-finite reward (first: '%s'); written through, "
              "safe-critic stops on them", nonfinite, first_bad);

@@ -11,7 +11,7 @@
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/../.." || exit 1
 
-SECTIONS="shard model"
+SECTIONS="shard model generate"
 
 title() { printf '\n== %s\n\n' "$1"; }
 
@@ -51,6 +51,13 @@ section_model() {
             printf "\ngoals: fwd+bwd >= 1.5x torch; decode batch 64 >= 3x batch 1\n"
         }' "$ours"
     rm -f "$ours" "$theirs"
+}
+
+# Generation (lib/generate.c): batched sampling with continuous batching, per-token log-probs and
+# entropy, against the bare model's prefill + decode on the same shapes (the sampling overhead).
+section_generate() {
+    title "generate: tokens/s vs the bare model's prefill+decode (tests/bench/bench_generate.c)"
+    "$SAFE_BUILD/bench/bench_generate" --quick
 }
 
 failed=0

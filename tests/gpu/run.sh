@@ -17,7 +17,11 @@
 #                  (checks the script and report.py; the kernel tests and benchmarks are skipped)
 #   GPU_RUN_SKIP   space-separated stages to skip: kernels iteration bench torch demo
 #   GPU_RUN_BIN    use the tools already built there (skips the build; for reruns, and for
-#                  checking the script against tools linked with an emulated device)
+#                  checking the script against tools linked with an emulated device:
+#                  make gpu-emu-tools, then GPU_RUN_BIN=build/emu/bin)
+#   GPU_RUN_FALLBACK_BIN  tools, test_kernels and bench_gpu built elsewhere (tests/gpu/bundle.sh:
+#                  .gpu-bin/bin), used when the build here fails (the GPU image may lack the
+#                  -dev packages; it cannot install them)
 #   BUDGET         seconds for the whole run (default 470): stages left when it runs out are skipped
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
@@ -41,6 +45,10 @@ SUMMARY=$OUT/summary.md
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( BUDGET - $(elapsed) )); }
+tlim() {   # a stage's timeout: its own limit, or what is left of the budget
+    local l; l=$(( $(left) - 5 ))
+    [ "$l" -lt "$1" ] && echo $(( l > 5 ? l : 5 )) || echo "$1"
+}
 stage_row() {   # name status seconds detail
     printf '| %-28s | %-7s | %5ss | %s |\n' "$1" "$2" "$3" "$4" >> "$WORK/stages.md"
 }
@@ -84,19 +92,32 @@ else
 fi
 rc=$?
 grep -E "warning|error" "$WORK/build.log" | head -20
-if [ $rc -ne 0 ]; then
+TK=$BUILD/gpu/test_kernels
+BG=$BUILD/gpu/bench_gpu
+MAKE_DEMO="make -s BUILD=$BUILD BIN=$BIN"
+[ -n "${GPU_RUN_BIN:-}" ] && { TK=$BIN/test_kernels; BG=$BIN/bench_gpu; MAKE_DEMO="make -s -o all BIN=$BIN"; }
+if [ $rc -ne 0 ] && [ -n "${GPU_RUN_FALLBACK_BIN:-}" ] && [ -x "${GPU_RUN_FALLBACK_BIN}/test_kernels" ]; then
+    tail -5 "$WORK/build.log"
+    BIN=$(cd "$GPU_RUN_FALLBACK_BIN" && pwd)
+    TK=$BIN/test_kernels
+    BG=$BIN/bench_gpu
+    MAKE_DEMO="make -s -o all BIN=$BIN"
+    stage_row build "fallback" $(( $(elapsed) - s0 )) "make exit $rc here (build.log); using $GPU_RUN_FALLBACK_BIN"
+    "$BIN/safe-cat" --version >/dev/null || { echo "run.sh: the fallback binaries do not run here"; ldd "$BIN/safe-cat"; exit 1; }
+elif [ $rc -ne 0 ]; then
     tail -30 "$WORK/build.log"
     stage_row build FAIL $(( $(elapsed) - s0 )) "make exit $rc (build.log)"
     cat "$WORK/stages.md"
     exit 1
+else
+    stage_row build ok $(( $(elapsed) - s0 )) "sm_${CC_ARCH:-none}; $(grep -c warning "$WORK/build.log") warnings"
 fi
-stage_row build ok $(( $(elapsed) - s0 )) "sm_${CC_ARCH:-none}; $(grep -c warning "$WORK/build.log") warnings"
 echo "== built in $(( $(elapsed) - s0 ))s"
 
 # ---- 2. kernels against their CPU twins -------------------------------------------------------
 if [ "$DRY" != 1 ] && ! skipped kernels; then
     s0=$(elapsed)
-    timeout 200 "$BUILD/gpu/test_kernels" > "$OUT/kernels.log" 2>&1
+    timeout "$(tlim 200)" "$TK" > "$OUT/kernels.log" 2>&1
     rc=$?
     grep -B1 -A5 'FAIL$' "$OUT/kernels.log" | grep -v '^check' | head -60   # the failing checks, with their values
     sed -n '/^check /,$p' "$OUT/kernels.log"
@@ -120,29 +141,30 @@ if ! skipped iteration && [ "$(left)" -gt 60 ]; then
     ROLL="--policy $MODEL --prompts $PROMPTS --num-prompts 16 --samples-per-prompt 4 --max-new-tokens 48 --seed 1 --iteration 0"
     (
         set -e
-        "$BIN/safe-convert" --quiet --no-tokenizer "$MODEL" "$IT/init"
-        "$BIN/safe-pid" --init -o "$IT/control.safe"
-        "$BIN/safe-rollout" $ROLL --device cpu $COMMON -o "$IT/cpu/rollout.safe"
-        "$BIN/safe-score" --vader $COMMON -i "$IT/cpu/rollout.safe" -o "$IT/cpu/scored.safe"
-        "$BIN/safe-rollout" $ROLL --device $GPU $COMMON -o "$IT/cuda/rollout.safe"
-        "$BIN/safe-score" --vader $COMMON -i "$IT/cuda/rollout.safe" -o "$IT/cuda/scored.safe"
+        T() { timeout "$(tlim 120)" "$@"; }   # a hung stage cannot take the whole run
+        T "$BIN/safe-convert" --quiet --no-tokenizer "$MODEL" "$IT/init"
+        T "$BIN/safe-pid" --init -o "$IT/control.safe"
+        T "$BIN/safe-rollout" $ROLL --device cpu $COMMON -o "$IT/cpu/rollout.safe"
+        T "$BIN/safe-score" --vader $COMMON -i "$IT/cpu/rollout.safe" -o "$IT/cpu/scored.safe"
+        T "$BIN/safe-rollout" $ROLL --device $GPU $COMMON -o "$IT/cuda/rollout.safe"
+        T "$BIN/safe-score" --vader $COMMON -i "$IT/cuda/rollout.safe" -o "$IT/cuda/scored.safe"
         # critic: both devices on the CPU's scored batch
-        "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --lr 1e-4 --seed 1 --device cpu $COMMON \
+        T "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --lr 1e-4 --seed 1 --device cpu $COMMON \
             -i "$IT/cpu/scored.safe" -o "$IT/cpu/adv.safe" --out-critic "$IT/cpu/critic"
-        "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --lr 1e-4 --seed 1 --device $GPU $COMMON \
+        T "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --lr 1e-4 --seed 1 --device $GPU $COMMON \
             -i "$IT/cpu/scored.safe" -o "$IT/cuda/adv.safe" --out-critic "$IT/cuda/critic"
         # update: both devices on the CPU's advantaged batch; step-0 gradients dumped
-        SAFE_DUMP_GRADS=$IT/cpu/grads "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 1e-4 \
+        SAFE_DUMP_GRADS=$IT/cpu/grads T "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 1e-4 \
             --seed 1 --device cpu $COMMON -i "$IT/cpu/adv.safe" -o "$IT/cpu/policy" > "$IT/cpu/stats.safe"
-        SAFE_DUMP_GRADS=$IT/cuda/grads "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 1e-4 \
+        SAFE_DUMP_GRADS=$IT/cuda/grads T "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 1e-4 \
             --seed 1 --device $GPU $COMMON -i "$IT/cpu/adv.safe" -o "$IT/cuda/policy" > "$IT/cuda/stats.safe"
         # ratios at lr 0: the CUDA update against the CUDA rollout's recorded logp (same path),
         # and against the CPU rollout's (cross-device)
-        "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --seed 1 --device $GPU $COMMON \
+        T "$BIN/safe-critic" --init-from "$MODEL" --control "$IT/control.safe" --seed 1 --device $GPU $COMMON \
             -i "$IT/cuda/scored.safe" -o "$IT/cuda/adv_own.safe" --out-critic "$IT/cuda/critic_own"
-        "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 0 --epochs 1 --device $GPU $COMMON \
+        T "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 0 --epochs 1 --device $GPU $COMMON \
             -i "$IT/cuda/adv_own.safe" -o "$IT/cuda/policy_lr0" > "$IT/ratio_cuda_adv.safe"
-        "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 0 --epochs 1 --device $GPU $COMMON \
+        T "$BIN/safe-update" --policy "$MODEL" --control "$IT/control.safe" --lr 0 --epochs 1 --device $GPU $COMMON \
             -i "$IT/cpu/adv.safe" -o "$IT/cpu/policy_lr0" > "$IT/ratio_cpu_adv.safe"
     ) > "$WORK/iteration.log" 2>&1
     rc=$?
@@ -164,14 +186,14 @@ if [ "$DRY" != 1 ] && ! skipped bench && [ "$(left)" -gt 60 ]; then
     s0=$(elapsed)
     B=$OUT/bench.jsonl
     : > "$B"
-    timeout 60 "$BUILD/gpu/bench_gpu" --model "$MODEL" --batches 1,64,512 --new 128 --train-batch 64 --train-len 256 \
+    timeout "$(tlim 60)" "$BG" --model "$MODEL" --batches 1,64,512 --new 128 --train-batch 64 --train-len 256 \
         >> "$B" 2> "$WORK/bench_stories.log" || echo "bench_gpu stories260K: exit $? (bench_stories.log)"
-    timeout 150 "$BUILD/gpu/bench_gpu" --config qwen0.5b --batches 1,64,512 --new 128 --train-batch 16 --train-len 512 \
+    timeout "$(tlim 150)" "$BG" --config qwen0.5b --batches 1,64,512 --new 128 --train-batch 16 --train-len 512 \
         >> "$B" 2> "$WORK/bench_qwen.log" || echo "bench_gpu qwen0.5b: exit $? (bench_qwen.log)"
     if ! skipped torch && [ "$(left)" -gt 40 ]; then
-        PYTHONUNBUFFERED=1 timeout 60 python3 tests/gpu/torch_baseline.py --config stories260K --train-batch 64 \
+        PYTHONUNBUFFERED=1 timeout "$(tlim 60)" python3 tests/gpu/torch_baseline.py --config stories260K --train-batch 64 \
             --train-len 256 >> "$B" 2> "$WORK/torch_stories.log" || echo "torch stories260K: exit $? (torch_stories.log)"
-        PYTHONUNBUFFERED=1 timeout 150 python3 tests/gpu/torch_baseline.py --config qwen0.5b >> "$B" \
+        PYTHONUNBUFFERED=1 timeout "$(tlim 150)" python3 tests/gpu/torch_baseline.py --config qwen0.5b >> "$B" \
             2> "$WORK/torch_qwen.log" || echo "torch qwen0.5b: exit $? (torch_qwen.log)"
     fi
     python3 tests/gpu/report.py bench "$B" | tee "$WORK/bench.txt"
@@ -181,7 +203,7 @@ fi
 # ---- 5. make demo DEVICE=cuda, 2 iterations -----------------------------------------------------
 if [ "$DRY" != 1 ] && ! skipped demo && [ "$(left)" -gt 45 ]; then
     s0=$(elapsed)
-    timeout $(( $(left) - 10 )) make -s BUILD=$BUILD BIN=$BIN NVCCFLAGS="$NVF" demo DEVICE=cuda DEMO_ITERS=2 \
+    timeout "$(tlim 120)" $MAKE_DEMO NVCCFLAGS="${NVF:-}" demo DEVICE=cuda DEMO_ITERS=2 \
         DEMO_DIR="$WORK/demo" DEMO_MODEL="$MODEL" DATA="$DATA" > "$WORK/demo.log" 2>&1
     rc=$?
     tail -12 "$WORK/demo.log"

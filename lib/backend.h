@@ -17,6 +17,13 @@
 //   backend_adamw_step(bk, opt);
 //   backend_sync(bk, opt);  checkpoint_save(...);
 //   backend_free(bk);
+//
+// The RL losses (PPO clip, EPC, entropy bonus, value losses: lib/losses.c) are not kernels:
+// on both devices they run on the CPU over the per-token arrays (n_resp floats of log-prob,
+// entropy, value) that come back from the device, in double, with one implementation of the
+// formulas; only d(log-prob), d(entropy) or d(hidden) go back down. That is O(tokens) work
+// beside the O(tokens x parameters) of the model, and it keeps the two devices' loss
+// semantics identical by construction. Likewise the critic's value heads (C*C/4 parameters).
 #ifndef SAFE_BACKEND_H
 #define SAFE_BACKEND_H
 

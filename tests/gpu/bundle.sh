@@ -8,9 +8,12 @@
 # Debian -dev packages this project builds against, and it cannot reach a package registry.
 # run.sh tries to build there first and falls back to these binaries when it cannot:
 #
-#   bash tests/gpu/bundle.sh            # here, once (a few minutes on 2 cores)
-#   # device tool: carry [".gpu-data", ".gpu-bin"], command:
-#   SAFE_DATA=.gpu-data GPU_RUN_FALLBACK_BIN=.gpu-bin/bin bash tests/gpu/run.sh
+#   bash tests/gpu/bundle.sh            # here, once (about a minute on 2 cores)
+#   # device tool: carry [".gpu-data", ".gpu-bin/bundle.tar.xz"], command:
+#   SAFE_DATA=.gpu-data GPU_RUN_FALLBACK_BIN=.gpu-bin/bundle.tar.xz bash tests/gpu/run.sh
+#
+# The binaries are stripped and packed (about 4 MB; unpacked 52 MB, over half of it OpenBLAS
+# in safe-critic), since everything that travels counts against the tool's 64 MiB.
 #
 # Compute capability: sm_90 (H100/H200) machine code plus compute_90 PTX; set ARCH=80 etc.
 set -eu -o pipefail
@@ -26,9 +29,14 @@ grep -qx '/.gpu-bin/' .git/info/exclude 2>/dev/null || echo '/.gpu-bin/' >> .git
 make -j"$(nproc)" BUILD=$OUTD/build BIN=$OUTD/bin MPI=0 NCCL=0 \
     NVCCFLAGS="-O2 -std=c++17 -Ilib -Xcompiler -Wall,-Wextra -gencode arch=compute_$ARCH,code=sm_$ARCH -gencode arch=compute_$ARCH,code=compute_$ARCH" \
     LDFLAGS="-static-libgcc" LDLIBS="$STATIC $CUDALIBS $RUNTIME" \
-    all $OUTD/build/gpu/test_kernels $OUTD/build/gpu/bench_gpu
-cp $OUTD/build/gpu/test_kernels $OUTD/build/gpu/bench_gpu $OUTD/bin/
-echo "== $OUTD/bin: $(ls $OUTD/bin | tr '\n' ' ')"
-echo "== shared libraries still needed by safe-update:"
-ldd $OUTD/bin/safe-update | awk '{print "   ", $1}'
-du -sh $OUTD/bin
+    all $OUTD/build/gpu/test_kernels $OUTD/build/gpu/bench_gpu > $OUTD/build.log 2>&1 ||
+    { tail -20 $OUTD/build.log; exit 1; }
+grep -E 'warning|error' $OUTD/build.log || true
+rm -rf $OUTD/stage && mkdir -p $OUTD/stage/bin
+cp $OUTD/bin/safe-* $OUTD/build/gpu/test_kernels $OUTD/build/gpu/bench_gpu $OUTD/stage/bin/
+strip $OUTD/stage/bin/*
+tar -C $OUTD/stage -cJf $OUTD/bundle.tar.xz bin
+echo "== $OUTD/bundle.tar.xz ($(du -h $OUTD/bundle.tar.xz | cut -f1)): $(ls $OUTD/stage/bin | tr '\n' ' ')"
+echo "== shared libraries still needed (safe-update), newest glibc symbol version:"
+ldd $OUTD/stage/bin/safe-update | awk '{print "   ", $1}'
+objdump -T $OUTD/stage/bin/safe-update | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1

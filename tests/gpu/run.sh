@@ -19,9 +19,9 @@
 #   GPU_RUN_BIN    use the tools already built there (skips the build; for reruns, and for
 #                  checking the script against tools linked with an emulated device:
 #                  make gpu-emu-tools, then GPU_RUN_BIN=build/emu/bin)
-#   GPU_RUN_FALLBACK_BIN  tools, test_kernels and bench_gpu built elsewhere (tests/gpu/bundle.sh:
-#                  .gpu-bin/bin), used when the build here fails (the GPU image may lack the
-#                  -dev packages; it cannot install them)
+#   GPU_RUN_FALLBACK_BIN  tools, test_kernels and bench_gpu built elsewhere, a folder or the
+#                  tests/gpu/bundle.sh archive (.gpu-bin/bundle.tar.xz), used when the build here
+#                  fails (the GPU image may lack the -dev packages and cannot install them)
 #   BUDGET         seconds for the whole run (default 470): stages left when it runs out are skipped
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 2
@@ -96,9 +96,13 @@ TK=$BUILD/gpu/test_kernels
 BG=$BUILD/gpu/bench_gpu
 MAKE_DEMO="make -s BUILD=$BUILD BIN=$BIN"
 [ -n "${GPU_RUN_BIN:-}" ] && { TK=$BIN/test_kernels; BG=$BIN/bench_gpu; MAKE_DEMO="make -s -o all BIN=$BIN"; }
-if [ $rc -ne 0 ] && [ -n "${GPU_RUN_FALLBACK_BIN:-}" ] && [ -x "${GPU_RUN_FALLBACK_BIN}/test_kernels" ]; then
+FB=${GPU_RUN_FALLBACK_BIN:-}
+case "$FB" in
+    *.tar.xz) [ -f "$FB" ] && mkdir -p "$WORK/fallback" && tar -C "$WORK/fallback" -xJf "$FB" && FB=$WORK/fallback/bin ;;
+esac
+if [ $rc -ne 0 ] && [ -n "$FB" ] && [ -x "$FB/test_kernels" ]; then
     tail -5 "$WORK/build.log"
-    BIN=$(cd "$GPU_RUN_FALLBACK_BIN" && pwd)
+    BIN=$(cd "$FB" && pwd)
     TK=$BIN/test_kernels
     BG=$BIN/bench_gpu
     MAKE_DEMO="make -s -o all BIN=$BIN"
@@ -109,6 +113,8 @@ elif [ $rc -ne 0 ]; then
     stage_row build FAIL $(( $(elapsed) - s0 )) "make exit $rc (build.log)"
     cat "$WORK/stages.md"
     exit 1
+elif [ -n "${GPU_RUN_BIN:-}" ]; then
+    stage_row build prebuilt 0 "$BIN"
 else
     stage_row build ok $(( $(elapsed) - s0 )) "sm_${CC_ARCH:-none}; $(grep -c warning "$WORK/build.log") warnings"
 fi

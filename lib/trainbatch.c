@@ -74,3 +74,17 @@ void pack_rows(const SeqBatch *full, const float *src, const int *rows, int n, c
     for (int i = 0; i < n; i++)
         memcpy(dst + sub->resp_off[i], src + full->resp_off[rows[i]], sub->resp_len[i] * sizeof(float));
 }
+
+void minibatch_order(int *idx, int n, unsigned long long seed) {
+    unsigned long long x = seed;
+    for (int i = 0; i < n; i++) idx[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        x += 0x9E3779B97F4A7C15ULL;
+        unsigned long long z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        int j = (int)(z % (unsigned long long)(i + 1));
+        int t = idx[i]; idx[i] = idx[j]; idx[j] = t;
+    }
+}

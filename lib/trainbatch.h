@@ -17,6 +17,9 @@ float *records_tokfield(const RecStore *s, const int *rows, int n, const SeqBatc
 float *records_scalar(const RecStore *s, const int *rows, int n, const char *key);
 // Per-record 1/0: the record's "finish" field equals "eos".
 uint8_t *records_eos(const RecStore *s, const int *rows, int n);
+// idx (n) = a permutation of 0..n-1 drawn from `seed` (splitmix64 + Fisher-Yates): the
+// minibatch order of an epoch, the same on every machine and rank.
+void minibatch_order(int *idx, int n, unsigned long long seed);
 // Copy packed per-token values of row subset `rows` of `full` into the packing of `sub`.
 void pack_rows(const SeqBatch *full, const float *src, const int *rows, int n, const SeqBatch *sub,
                float *dst);

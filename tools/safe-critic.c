@@ -27,6 +27,7 @@
 #include "advantage.h"   // RewardNorm, token_rewards, gae_sequence, whiten, advantage_sequence
 #include "checkpoint.h"  // model_load, checkpoint_save/load_*
 #include "comm.h"        // ranks, slices, all-gather of values, all-reduce of gradients
+#include "cli.h"         // opt_float, opt_int, opt_u64
 #include "common.h"      // die, xmalloc, exit codes
 #include "losses.h"      // value_loss_safe_*, value_loss_ppo_*
 #include "progress.h"    // progress on stderr
@@ -87,20 +88,6 @@ static void usage(FILE *f) {
         "Data parallel: mpirun -np N safe-critic ... (see DATA PARALLEL in the man page).\n");
 }
 
-static float parse_float(const char *opt, const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == 0 || *end != 0 || !isfinite(v)) die(EXIT_USAGE, "--%s needs a finite number, got '%s'", opt, s);
-    return (float)v;
-}
-
-static int parse_int(const char *opt, const char *s) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0) die(EXIT_USAGE, "--%s needs an integer, got '%s'", opt, s);
-    return (int)v;
-}
-
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_CRITIC = 256, O_INIT, O_CONTROL, O_OUTCRITIC, O_ALGO, O_ADV, O_GAMMA, O_LAMBDA, O_ALPHA,
            O_VFCLIP, O_HUBER, O_BETA, O_LR, O_WD, O_GCLIP, O_EPOCHS, O_MB, O_HH, O_NOWHITEN, O_SEED,
@@ -131,21 +118,21 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_OUTCRITIC: o->out_critic = optarg; break;
         case O_ALGO: o->algo = optarg; break;
         case O_ADV: o->adv_mode = optarg; break;
-        case O_GAMMA: o->gamma = parse_float("gamma", optarg); break;
-        case O_LAMBDA: o->lambda = parse_float("lambda", optarg); break;
-        case O_ALPHA: o->alpha = parse_float("alpha", optarg); break;
-        case O_VFCLIP: o->vf_clip = parse_float("vf-clip", optarg); break;
-        case O_HUBER: o->huber_delta = parse_float("huber-delta", optarg); break;
-        case O_BETA: o->beta = parse_float("beta", optarg); break;
-        case O_LR: o->lr = parse_float("lr", optarg); break;
-        case O_WD: o->weight_decay = parse_float("weight-decay", optarg); break;
-        case O_GCLIP: o->grad_clip = parse_float("grad-clip", optarg); break;
-        case O_EPOCHS: o->epochs = parse_int("epochs", optarg); break;
-        case O_MB: o->minibatches = parse_int("minibatches", optarg); break;
-        case O_HH: o->head_hidden = parse_int("head-hidden", optarg); break;
+        case O_GAMMA: o->gamma = opt_float("gamma", optarg); break;
+        case O_LAMBDA: o->lambda = opt_float("lambda", optarg); break;
+        case O_ALPHA: o->alpha = opt_float("alpha", optarg); break;
+        case O_VFCLIP: o->vf_clip = opt_float("vf-clip", optarg); break;
+        case O_HUBER: o->huber_delta = opt_float("huber-delta", optarg); break;
+        case O_BETA: o->beta = opt_float("beta", optarg); break;
+        case O_LR: o->lr = opt_float("lr", optarg); break;
+        case O_WD: o->weight_decay = opt_float("weight-decay", optarg); break;
+        case O_GCLIP: o->grad_clip = opt_float("grad-clip", optarg); break;
+        case O_EPOCHS: o->epochs = opt_int("epochs", optarg); break;
+        case O_MB: o->minibatches = opt_int("minibatches", optarg); break;
+        case O_HH: o->head_hidden = opt_int("head-hidden", optarg); break;
         case O_NOWHITEN: o->no_whiten = 1; break;
-        case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
-        case O_LEVEL: o->level = parse_int("level", optarg); break;
+        case O_SEED: o->seed = opt_u64("seed", optarg); break;
+        case O_LEVEL: o->level = opt_int("level", optarg); break;
         case O_QUIET:
         case 'q': o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
@@ -390,20 +377,6 @@ typedef struct {
     int updates;
 } CriticStats;
 
-static void shuffle(int *idx, int n, unsigned long long seed) {
-    unsigned long long x = seed;
-    for (int i = 0; i < n; i++) idx[i] = i;
-    for (int i = n - 1; i > 0; i--) {
-        x += 0x9E3779B97F4A7C15ULL;
-        unsigned long long z = x;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z ^= z >> 31;
-        int j = (int)(z % (unsigned long long)(i + 1));
-        int t = idx[i]; idx[i] = idx[j]; idx[j] = t;
-    }
-}
-
 // Value loss of one head and its gradient (dv += ...).
 static ValueStats head_loss(const Options *o, const float *v, const float *v_old, const float *ret,
                             const uint8_t *mask, size_t n, float weight, float *dv) {
@@ -610,7 +583,7 @@ int main(int argc, char **argv) {
     int *idx = xmalloc(B * sizeof(int));
     Progress *p = progress_start("critic", (long)o.epochs * o.minibatches, "steps", o.quiet);
     for (int e = 0; e < o.epochs; e++) {
-        if (o.minibatches > 1) shuffle(idx, B, o.seed * 1000003ULL + (unsigned long long)iteration * 101 + e);
+        if (o.minibatches > 1) minibatch_order(idx, B, o.seed * 1000003ULL + (unsigned long long)iteration * 101 + e);
         else for (int i = 0; i < B; i++) idx[i] = i;
         for (int k = 0; k < o.minibatches; k++) {
             train_minibatch(&o, c, s, sb, &tg, idx + k * mb, mb, &cs);

@@ -12,6 +12,7 @@
 
 #include "backend.h"     // Backend: the models on the CPU or the GPU (--device)
 #include "checkpoint.h"  // model_load, model_tokenizer_path
+#include "cli.h"         // opt_float, opt_int, opt_u64
 #include "common.h"      // die, xmalloc, exit codes
 #include "generate.h"    // generate: batched KV-cached sampling
 #include "seqbatch.h"    // teacher-forced log-probs under the reference
@@ -57,20 +58,6 @@ static void usage(FILE *f) {
         "  --help, --version\n");
 }
 
-static int parse_int(const char *opt, const char *s) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0) die(EXIT_USAGE, "--%s needs an integer, got '%s'", opt, s);
-    return (int)v;
-}
-
-static float parse_float(const char *opt, const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == 0 || *end != 0 || !isfinite(v)) die(EXIT_USAGE, "--%s needs a finite number, got '%s'", opt, s);
-    return (float)v;
-}
-
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_POLICY = 256, O_REF, O_TOK, O_PROMPTS, O_NUM, O_SAMPLES, O_MAXNEW, O_MAXPROMPT, O_TEMP,
            O_TOPK, O_TOPP, O_ALLOW, O_SEED, O_ITER, O_SHARD, O_BATCH, O_LEVEL, O_QUIET, O_HELP,
@@ -95,26 +82,26 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_TOK: o->tokenizer = optarg; break;
         case O_PROMPTS: o->prompts = optarg; break;
         case O_NUM:
-            o->num_prompts = parse_int("num-prompts", optarg);
+            o->num_prompts = opt_int("num-prompts", optarg);
             o->num_prompts_given = 1;
             break;
-        case O_SAMPLES: o->samples = parse_int("samples-per-prompt", optarg); break;
-        case O_MAXNEW: o->max_new_tokens = parse_int("max-new-tokens", optarg); break;
-        case O_MAXPROMPT: o->max_prompt_tokens = parse_int("max-prompt-tokens", optarg); break;
-        case O_TEMP: o->temperature = parse_float("temperature", optarg); break;
-        case O_TOPK: o->top_k = parse_int("top-k", optarg); break;
-        case O_TOPP: o->top_p = parse_float("top-p", optarg); break;
+        case O_SAMPLES: o->samples = opt_int("samples-per-prompt", optarg); break;
+        case O_MAXNEW: o->max_new_tokens = opt_int("max-new-tokens", optarg); break;
+        case O_MAXPROMPT: o->max_prompt_tokens = opt_int("max-prompt-tokens", optarg); break;
+        case O_TEMP: o->temperature = opt_float("temperature", optarg); break;
+        case O_TOPK: o->top_k = opt_int("top-k", optarg); break;
+        case O_TOPP: o->top_p = opt_float("top-p", optarg); break;
         case O_ALLOW: o->allow_truncation = 1; break;
-        case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
-        case O_ITER: o->iteration = parse_int("iteration", optarg); break;
+        case O_SEED: o->seed = opt_u64("seed", optarg); break;
+        case O_ITER: o->iteration = opt_int("iteration", optarg); break;
         case O_SHARD:
             if (sscanf(optarg, "%d/%d", &o->shard_i, &o->shard_n) != 2 || o->shard_n < 1 ||
                 o->shard_i < 0 || o->shard_i >= o->shard_n)
                 die(EXIT_USAGE, "--shard wants i/N with 0 <= i < N, got '%s'", optarg);
             break;
-        case O_BATCH: o->batch = parse_int("batch", optarg); break;
+        case O_BATCH: o->batch = opt_int("batch", optarg); break;
         case 'o': o->output = optarg; break;
-        case O_LEVEL: o->level = parse_int("level", optarg); break;
+        case O_LEVEL: o->level = opt_int("level", optarg); break;
         case O_QUIET:
         case 'q': o->quiet = 1; break;
         case O_DEVICE: o->device = optarg; break;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"         // opt_float, opt_int, opt_u64
 #include "common.h"    // die, warn, xmalloc, safe_data_dir, exit codes
 #include "progress.h"  // progress on stderr
 #include "reward_model.h"  // RM_TRUNC_RIGHT / RM_TRUNC_LEFT
@@ -88,14 +89,6 @@ static double parse_num(const char *opt, const char *s) {
     return v;
 }
 
-static int parse_int(const char *opt, const char *s) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0 || v < -1000000000L || v > 1000000000L)
-        die(EXIT_USAGE, "--%s needs an integer, got '%s'", opt, s);
-    return (int)v;
-}
-
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), m = strlen(suffix);
     return n >= m && strcmp(s + n - m, suffix) == 0;
@@ -134,12 +127,12 @@ static void parse_args(int argc, char **argv, Options *o) {
             break;
         case O_EXEC: o->exec = optarg; break;
         case O_TIMEOUT: o->exec_timeout = parse_num("exec-timeout", optarg); break;
-        case O_BATCH: o->exec_batch = parse_int("exec-batch", optarg); break;
+        case O_BATCH: o->exec_batch = opt_int("exec-batch", optarg); break;
         case O_EOS: o->eos_penalty = parse_num("missing-eos-penalty", optarg); o->has_eos = 1; break;
         case O_CLIP: o->clip = parse_num("clip-reward", optarg); o->has_clip = 1; break;
         case 'i': o->input = optarg; break;
         case 'o': o->output = optarg; break;
-        case O_LEVEL: o->level = parse_int("level", optarg); break;
+        case O_LEVEL: o->level = opt_int("level", optarg); break;
         case O_QUIET: o->quiet = 1; break;
         case O_RM: o->rm = optarg; break;
         case O_RM_INPUT:
@@ -149,8 +142,8 @@ static void parse_args(int argc, char **argv, Options *o) {
             else die(EXIT_USAGE, "--rm-input must be tokens or text, got '%s'", optarg);
             break;
         case O_RM_TOK: rm_opt = 1; o->rmo.tokenizer = optarg; break;
-        case O_RM_BATCH: rm_opt = 1; o->rmo.batch = parse_int("rm-batch", optarg); break;
-        case O_RM_MAXLEN: rm_opt = 1; o->rmo.max_length = parse_int("rm-max-length", optarg); break;
+        case O_RM_BATCH: rm_opt = 1; o->rmo.batch = opt_int("rm-batch", optarg); break;
+        case O_RM_MAXLEN: rm_opt = 1; o->rmo.max_length = opt_int("rm-max-length", optarg); break;
         case O_RM_TRUNC:
             rm_opt = 1;
             if (strcmp(optarg, "right") == 0) o->rmo.trunc_side = RM_TRUNC_RIGHT;

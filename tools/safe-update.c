@@ -22,6 +22,7 @@
 #include "backend.h"     // Backend: the model on the CPU or the GPU (--device)
 #include "checkpoint.h"  // model_load, checkpoint_save, model_tokenizer_path
 #include "comm.h"        // ranks, slices, all-reduce of gradients and statistics
+#include "cli.h"         // opt_float, opt_int, opt_u64
 #include "common.h"      // die, xmalloc, exit codes
 #include "losses.h"      // ppo_loss_*, entropy_bonus_*, kl_estimate, epc_*
 #include "progress.h"    // progress bar on stderr
@@ -86,20 +87,6 @@ static void usage(FILE *f) {
         "Data parallel: mpirun -np N safe-update ... (see DATA PARALLEL in the man page).\n");
 }
 
-static float parse_float(const char *opt, const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == 0 || *end != 0 || !isfinite(v)) die(EXIT_USAGE, "--%s needs a finite number, got '%s'", opt, s);
-    return (float)v;
-}
-
-static int parse_int(const char *opt, const char *s) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0) die(EXIT_USAGE, "--%s needs an integer, got '%s'", opt, s);
-    return (int)v;
-}
-
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_POLICY = 256, O_CONTROL, O_STATS, O_ALGO, O_EPOCHS, O_MB, O_LR, O_WD, O_CLIP, O_ENT,
            O_GCLIP, O_TEMP, O_DETACH, O_KLEST, O_LAMBDA_A, O_HFLOOR, O_EPSH, O_GATEMIN, O_MOM,
@@ -128,15 +115,15 @@ static void parse_args(int argc, char **argv, Options *o) {
         case 'o': o->output = optarg; break;
         case O_STATS: o->stats = optarg; break;
         case O_ALGO: o->algo = optarg; break;
-        case O_EPOCHS: o->epochs = parse_int("epochs", optarg); break;
-        case O_MB: o->minibatches = parse_int("minibatches", optarg); break;
-        case O_LR: o->lr = parse_float("lr", optarg); break;
-        case O_WD: o->weight_decay = parse_float("weight-decay", optarg); break;
-        case O_CLIP: o->clip_eps = parse_float("clip", optarg); break;
-        case O_ENT: o->ent_coef = parse_float("ent-coef", optarg); break;
-        case O_GCLIP: o->grad_clip = parse_float("grad-clip", optarg); break;
+        case O_EPOCHS: o->epochs = opt_int("epochs", optarg); break;
+        case O_MB: o->minibatches = opt_int("minibatches", optarg); break;
+        case O_LR: o->lr = opt_float("lr", optarg); break;
+        case O_WD: o->weight_decay = opt_float("weight-decay", optarg); break;
+        case O_CLIP: o->clip_eps = opt_float("clip", optarg); break;
+        case O_ENT: o->ent_coef = opt_float("ent-coef", optarg); break;
+        case O_GCLIP: o->grad_clip = opt_float("grad-clip", optarg); break;
         case O_TEMP:
-            o->temperature = parse_float("temperature", optarg);
+            o->temperature = opt_float("temperature", optarg);
             if (!(o->temperature > 0)) die(EXIT_USAGE, "--temperature must be > 0 (got %g)", o->temperature);
             break;
         case O_DETACH: o->epc.detach = 1; break;
@@ -145,15 +132,15 @@ static void parse_args(int argc, char **argv, Options *o) {
             else if (strcmp(optarg, "k3") == 0) o->epc.est = KL_K3;
             else die(EXIT_USAGE, "--kl-estimator must be k1 or k3, got '%s'", optarg);
             break;
-        case O_LAMBDA_A: o->epc.lambda_a = parse_float("lambda-a", optarg); break;
-        case O_HFLOOR: o->epc.h_floor = parse_float("h-floor", optarg); break;
-        case O_EPSH: o->epc.eps_h = parse_float("eps-h", optarg); break;
-        case O_GATEMIN: o->epc.gate_min = parse_float("gate-min", optarg); break;
+        case O_LAMBDA_A: o->epc.lambda_a = opt_float("lambda-a", optarg); break;
+        case O_HFLOOR: o->epc.h_floor = opt_float("h-floor", optarg); break;
+        case O_EPSH: o->epc.eps_h = opt_float("eps-h", optarg); break;
+        case O_GATEMIN: o->epc.gate_min = opt_float("gate-min", optarg); break;
         case O_MOM: o->epc.momentum = 1; break;
-        case O_LAMBDA_M: o->epc.lambda_m = parse_float("lambda-m", optarg); break;
-        case O_STEPLIM: o->step_limit = parse_float("step-limit", optarg); break;
-        case O_SEED: o->seed = strtoull(optarg, NULL, 10); break;
-        case O_LEVEL: o->level = parse_int("level", optarg); break;
+        case O_LAMBDA_M: o->epc.lambda_m = opt_float("lambda-m", optarg); break;
+        case O_STEPLIM: o->step_limit = opt_float("step-limit", optarg); break;
+        case O_SEED: o->seed = opt_u64("seed", optarg); break;
+        case O_LEVEL: o->level = opt_int("level", optarg); break;
         case O_QUIET:
         case 'q': o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
@@ -269,21 +256,6 @@ typedef struct {
     double kappa, k_short, k_long, gate, penalty, step_scale_min;
     int updates, active_updates;
 } UpdateStats;
-
-// Deterministic shuffle of 0..n-1 (splitmix64 stream from seed).
-static void shuffle(int *idx, int n, unsigned long long seed) {
-    unsigned long long x = seed;
-    for (int i = 0; i < n; i++) idx[i] = i;
-    for (int i = n - 1; i > 0; i--) {
-        x += 0x9E3779B97F4A7C15ULL;
-        unsigned long long z = x;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z ^= z >> 31;
-        int j = (int)(z % (unsigned long long)(i + 1));
-        int t = idx[i]; idx[i] = idx[j]; idx[j] = t;
-    }
-}
 
 // Sums over the ranks' slices of one minibatch (one all-reduce carries them all).
 enum { S_LOSS, S_CLIP, S_RATIO, S_ENT, S_KAPPA, S_N };
@@ -536,7 +508,7 @@ int main(int argc, char **argv) {
     int *idx = xmalloc(B * sizeof(int));
     Progress *p = progress_start("update", (long)o.epochs * o.minibatches, "steps", o.quiet);
     for (int e = 0; e < o.epochs; e++) {
-        if (o.minibatches > 1) shuffle(idx, B, o.seed * 1000003ULL + (unsigned long long)iteration * 101 + e);
+        if (o.minibatches > 1) minibatch_order(idx, B, o.seed * 1000003ULL + (unsigned long long)iteration * 101 + e);
         else for (int i = 0; i < B; i++) idx[i] = i;
         for (int k = 0; k < o.minibatches; k++) {
             update_minibatch(&o, bk, m, opt, s, full, adv, old, ref, idx + k * mb, mb, ctl.tau, rs.h_roll,

@@ -1,5 +1,5 @@
 // comm_nccl.c — the NCCL communicator and all-reduce of CUDA buffers (see comm_nccl.h).
-// Compiled with -DSAFE_NCCL -I$(CUDA_HOME)/include when NCCL=1; stubs otherwise.
+// Compiled with -DSAFE_NCCL -I$(CUDA_HOME)/include when NCCL=1; without it every entry point exits 1 saying the build has no NCCL.
 // Honest note: written and compiled without a GPU; tests/gpu/multi_gpu.sh is its check.
 #include "comm_nccl.h"
 

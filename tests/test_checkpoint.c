@@ -53,29 +53,6 @@ static int same_file(const char *a, const char *b) {
     return same;
 }
 
-// Run fn(arg) in a child; return its exit status and capture its stderr in err.
-static int run_child(void (*fn)(const void *), const void *arg, char *err, size_t n) {
-    int p[2];
-    if (pipe(p) != 0) return -1;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        dup2(p[1], 2);
-        fn(arg);
-        _exit(0);
-    }
-    close(p[1]);
-    size_t used = 0;
-    ssize_t r;
-    while (used + 1 < n && (r = read(p[0], err + used, n - 1 - used)) > 0) used += (size_t)r;
-    err[used] = '\0';
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 static void child_model_load(const void *path) { model_free(model_load(path)); }
 static void child_tokenizer_path(const void *path) { free(model_tokenizer_path(path)); }
 static void child_st_open(const void *path) { safetensors_close(safetensors_open(path)); }
@@ -218,15 +195,15 @@ TEST(llama2c_bad_files) {
     unsigned char *raw = slurp(model_bin, &n);
     char err[2048];
     spit(tpath("trunc.bin"), raw, n - 100);
-    int st = run_child(child_llama2c, tpath("trunc.bin"), err, sizeof err);
+    int st = test_run_child(child_llama2c, tpath("trunc.bin"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "trunc.bin") && strstr(err, "needs"), "truncated: exit %d: %s", st, err);
     spit(tpath("tiny.bin"), raw, 10);
-    st = run_child(child_llama2c, tpath("tiny.bin"), err, sizeof err);
+    st = test_run_child(child_llama2c, tpath("tiny.bin"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "tiny.bin"), "tiny: exit %d: %s", st, err);
     int32_t magic[2] = {0x616b3432, 1};
     memcpy(raw, magic, 8);
     spit(tpath("v1.bin"), raw, n);
-    st = run_child(child_llama2c, tpath("v1.bin"), err, sizeof err);
+    st = test_run_child(child_llama2c, tpath("v1.bin"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "version 1"), "v1 export: exit %d: %s", st, err);
     printf("  e.g. %s", err);
     free(raw);
@@ -376,13 +353,13 @@ TEST(corrupt_files_exit_2) {
     }
     // truncated data
     spit(tpath("bad/model.safetensors"), good, n - 64);
-    int st = run_child(child_model_load, tpath("bad"), err, sizeof err);
+    int st = test_run_child(child_model_load, tpath("bad"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "bad/model.safetensors") && strstr(err, "truncated") && strstr(err, "lm_head") == NULL,
           "truncated: exit %d: %s", st, err);
     printf("  truncated: %s", err);
     // header length past the end
     spit(tpath("bad/model.safetensors"), good, 100);
-    st = run_child(child_st_open, tpath("bad/model.safetensors"), err, sizeof err);
+    st = test_run_child(child_st_open, tpath("bad/model.safetensors"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "header length"), "short: exit %d: %s", st, err);
     // broken JSON
     unsigned char *junk = xmalloc(n);
@@ -391,7 +368,7 @@ TEST(corrupt_files_exit_2) {
     junk[9] = ']';
     junk[10] = '}';
     spit(tpath("bad/model.safetensors"), junk, n);
-    st = run_child(child_st_open, tpath("bad/model.safetensors"), err, sizeof err);
+    st = test_run_child(child_st_open, tpath("bad/model.safetensors"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "not valid JSON"), "json: exit %d: %s", st, err);
     printf("  bad JSON: %s", err);
     // a tensor missing: rename one in the header (same length)
@@ -399,7 +376,7 @@ TEST(corrupt_files_exit_2) {
     char *hit = memmem(junk, n, "model.norm.weight", 17);
     if (hit) hit[6] = 'X';
     spit(tpath("bad/model.safetensors"), junk, n);
-    st = run_child(child_model_load, tpath("bad"), err, sizeof err);
+    st = test_run_child(child_model_load, tpath("bad"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "model.norm.weight") && strstr(err, "missing"), "missing tensor: exit %d: %s", st, err);
     printf("  missing: %s", err);
     // wrong shape in config.json
@@ -407,13 +384,13 @@ TEST(corrupt_files_exit_2) {
     json_t *cfg = json_load_file(tpath("ck1/config.json"), 0, NULL);
     json_object_set_new(cfg, "intermediate_size", json_integer(171));
     json_dump_file(cfg, tpath("bad/config.json"), 0);
-    st = run_child(child_model_load, tpath("bad"), err, sizeof err);
+    st = test_run_child(child_model_load, tpath("bad"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "gate_proj") && strstr(err, "shape"), "shape: exit %d: %s", st, err);
     printf("  shape: %s", err);
     json_object_set_new(cfg, "intermediate_size", json_integer(172));
     json_object_set_new(cfg, "rope_scaling", json_pack("{s:s}", "type", "linear"));
     json_dump_file(cfg, tpath("bad/config.json"), 0);
-    st = run_child(child_model_load, tpath("bad"), err, sizeof err);
+    st = test_run_child(child_model_load, tpath("bad"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "rope_scaling"), "rope_scaling: exit %d: %s", st, err);
     json_decref(cfg);
     free(junk);
@@ -431,7 +408,7 @@ TEST(tokenizer_beside_bin) {
     spit(tpath("lonely/model.bin"), raw, n);
     free(raw);
     char err[1024];
-    int st = run_child(child_tokenizer_path, tpath("lonely/model.bin"), err, sizeof err);
+    int st = test_run_child(child_tokenizer_path, tpath("lonely/model.bin"), err, sizeof err);
     CHECK(st == 2 && strstr(err, "--tokenizer"), "exit %d: %s", st, err);
 }
 

@@ -201,30 +201,8 @@ static void emitted(void *ctx, int req, const GenResult *res) {
     fprintf(stderr, "EMITTED %d (%d tokens)\n", req, res->n);
 }
 
-static int run_child(void (*fn)(void), char *err, size_t n) {
-    int p[2];
-    if (pipe(p) != 0) return -1;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        dup2(p[1], 2);
-        omp_set_num_threads(1);   // libgomp's thread pool does not survive fork()
-        fn();
-        _exit(0);
-    }
-    close(p[1]);
-    size_t used = 0;
-    ssize_t got;
-    while (used + 1 < n && (got = read(p[0], err + used, n - 1 - used)) > 0) used += (size_t)got;
-    err[used] = '\0';
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static void child_poisoned_norm(void) {
+static void child_poisoned_norm(const void *unused) {
+    (void)unused;
     model->w.final_norm[5] = NAN;   // every logit becomes NaN
     GenConfig c = base_config();
     c.batch = 7;
@@ -234,7 +212,8 @@ static void child_poisoned_norm(void) {
 // Mid-run poisoning: an untied copy of the model whose *input* embedding of <unk> (id 0) is
 // NaN. Requests 0 and 1 finish normally; request 2 ends its prompt with <unk> and enters the
 // batch after them, so its first logits row is NaN: it must die without emitting a token.
-static void child_poisoned_token(void) {
+static void child_poisoned_token(const void *unused) {
+    (void)unused;
     ModelConfig cu = model->cfg;
     cu.tied = 0;
     Model *u = model_create(&cu);
@@ -263,14 +242,14 @@ static void print_indented(const char *s) {
 
 TEST(nan_logits_stop_generation) {
     char err[4096];
-    int st = run_child(child_poisoned_norm, err, sizeof err);
+    int st = test_run_child(child_poisoned_norm, NULL, err, sizeof err);
     print_indented(err);
     char want[64];
     snprintf(want, sizeof want, "position %d", reqs[0].n_tokens);
     CHECK(st == 3, "exit %d, wanted 3", st);
     CHECK(strstr(err, reqs[0].id) && strstr(err, want) && strstr(err, "non-finite"), "message: %s", err);
     CHECK(!strstr(err, "EMITTED"), "a token was emitted: %s", err);
-    st = run_child(child_poisoned_token, err, sizeof err);
+    st = test_run_child(child_poisoned_token, NULL, err, sizeof err);
     print_indented(err);
     snprintf(want, sizeof want, "position %d", reqs[2].n_tokens);
     CHECK(st == 3 && strstr(err, "EMITTED 0") && strstr(err, "EMITTED 1") && !strstr(err, "EMITTED 2") &&

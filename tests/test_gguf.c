@@ -107,28 +107,6 @@ TEST(metadata_getters) {
 
 // ---- bad files exit 2 ----
 
-static int run_child(void (*fn)(const void *), const void *arg, char *err, size_t n) {
-    int p[2];
-    if (pipe(p) != 0) return -1;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        dup2(p[1], 2);
-        fn(arg);
-        _exit(0);
-    }
-    close(p[1]);
-    size_t used = 0;
-    ssize_t r;
-    while (used + 1 < n && (r = read(p[0], err + used, n - 1 - used)) > 0) used += (size_t)r;
-    err[used] = '\0';
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 static void child_open(const void *path) { gguf_close(gguf_open(path)); }
 static void child_load(const void *path) { model_free(model_load(path)); }
 
@@ -154,21 +132,21 @@ TEST(bad_files_exit_2) {
     struct stat sb;
     stat(HF "/gguf_types.gguf", &sb);
     write_prefix(HF "/gguf_types.gguf", p, (long)sb.st_size - 100, 0, NULL, 0);
-    int st = run_child(child_open, p, err, sizeof err);
+    int st = test_run_child(child_open, p, err, sizeof err);
     CHECK(st == 2 && strstr(err, "truncated"), "cut in the data: exit %d: %s", st, err);
     printf("  %s", err);
     write_prefix(HF "/gguf_types.gguf", p, 200, 0, NULL, 0);
-    st = run_child(child_open, p, err, sizeof err);
+    st = test_run_child(child_open, p, err, sizeof err);
     CHECK(st == 2 && strstr(err, "truncated"), "cut in the metadata: exit %d: %s", st, err);
     uint32_t v1 = 1;
     write_prefix(HF "/gguf_types.gguf", p, (long)sb.st_size, 4, &v1, 4);
-    st = run_child(child_open, p, err, sizeof err);
+    st = test_run_child(child_open, p, err, sizeof err);
     CHECK(st == 2 && strstr(err, "version 1"), "version 1: exit %d: %s", st, err);
     write_prefix(HF "/gguf_types.gguf", p, (long)sb.st_size, 0, "GGUX", 4);
-    st = run_child(child_open, p, err, sizeof err);
+    st = test_run_child(child_open, p, err, sizeof err);
     CHECK(st == 2 && strstr(err, "not a GGUF"), "bad magic: exit %d: %s", st, err);
     // a GGUF that is not a model: model_load names the missing piece
-    st = run_child(child_load, HF "/gguf_types.gguf", err, sizeof err);
+    st = test_run_child(child_load, HF "/gguf_types.gguf", err, sizeof err);
     CHECK(st == 2 && strstr(err, "embedding_length"), "types file as a model: exit %d: %s", st, err);
     printf("  %s", err);
 }

@@ -232,28 +232,6 @@ TEST(rm_dir_as_backbone) {
 // ----------------------------------------------------------------------------
 // bad input exits 2 with a message naming the cause
 
-static int run_child(void (*fn)(const void *), const void *arg, char *err, size_t n) {
-    int p[2];
-    if (pipe(p) != 0) return -1;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        dup2(p[1], 2);
-        fn(arg);
-        _exit(0);
-    }
-    close(p[1]);
-    size_t used = 0;
-    ssize_t r;
-    while (used + 1 < n && (r = read(p[0], err + used, n - 1 - used)) > 0) used += (size_t)r;
-    err[used] = '\0';
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 static void child_load(const void *path) { model_free(model_load(path)); }
 static void child_rm(const void *path) { reward_model_free(reward_model_load(path)); }
 
@@ -280,19 +258,19 @@ static const char *variant(const char *src, const char *tag, const char *key, js
 
 TEST(bad_configs_exit_2) {
     char err[2048];
-    int st = run_child(child_load, variant("llama_untied", "ropescale", "rope_scaling",
+    int st = test_run_child(child_load, variant("llama_untied", "ropescale", "rope_scaling",
                                            json_pack("{s:s,s:f}", "rope_type", "llama3", "factor", 8.0)), err, sizeof err);
     CHECK(st == 2 && strstr(err, "rope_scaling type \"llama3\""), "llama3 rope_scaling: exit %d: %s", st, err);
-    st = run_child(child_load, variant("llama_untied", "ropedefault", "rope_scaling", json_pack("{s:s}", "rope_type", "default")),
+    st = test_run_child(child_load, variant("llama_untied", "ropedefault", "rope_scaling", json_pack("{s:s}", "rope_type", "default")),
                    err, sizeof err);
     CHECK(st == 0, "rope_scaling {rope_type: default} should load: exit %d: %s", st, err);
-    st = run_child(child_load, variant("llama_untied", "gelu", "hidden_act", json_string("gelu")), err, sizeof err);
+    st = test_run_child(child_load, variant("llama_untied", "gelu", "hidden_act", json_string("gelu")), err, sizeof err);
     CHECK(st == 2 && strstr(err, "hidden_act"), "gelu: exit %d: %s", st, err);
-    st = run_child(child_load, variant("qwen2_untied", "sliding", "use_sliding_window", json_true()), err, sizeof err);
+    st = test_run_child(child_load, variant("qwen2_untied", "sliding", "use_sliding_window", json_true()), err, sizeof err);
     CHECK(st == 2 && strstr(err, "sliding"), "sliding window: exit %d: %s", st, err);
-    st = run_child(child_rm, HF "/llama_untied", err, sizeof err);
+    st = test_run_child(child_rm, HF "/llama_untied", err, sizeof err);
     CHECK(st == 2 && strstr(err, "ForSequenceClassification"), "causal LM as reward model: exit %d: %s", st, err);
-    st = run_child(child_rm, variant("rm_llama", "twolabels", "num_labels", json_integer(2)), err, sizeof err);
+    st = test_run_child(child_rm, variant("rm_llama", "twolabels", "num_labels", json_integer(2)), err, sizeof err);
     CHECK(st == 2 && strstr(err, "labels"), "num_labels 2: exit %d: %s", st, err);
     printf("  last message: %s", err);
 }

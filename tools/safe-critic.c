@@ -271,7 +271,6 @@ typedef struct {
     float *v1, *v2, *values;      // (n) values before the update; values = V_soft or V1
     float *token_reward;          // (n) per-token rewards (score on the last token, PPO KL)
     float *adv, *ret;             // (n)
-    uint8_t *target_mask;         // (n) tokens the value loss sees (all, or last per row)
 } Targets;
 
 static void compute_targets(const Options *o, Critic *c, const RecStore *s, const SeqBatch *sb,
@@ -322,7 +321,6 @@ static void compute_targets(const Options *o, Critic *c, const RecStore *s, cons
     tg->token_reward = xcalloc(n, sizeof(float));
     tg->adv = xcalloc(n, sizeof(float));
     tg->ret = xcalloc(n, sizeof(float));
-    tg->target_mask = xcalloc(n, 1);
     int seq = strcmp(o->adv_mode, "seq") == 0;
     for (int b = 0; b < B; b++) {
         size_t off = sb->resp_off[b];
@@ -333,7 +331,6 @@ static void compute_targets(const Options *o, Critic *c, const RecStore *s, cons
         if (!seq) {
             gae_sequence(tg->token_reward + off, tg->values + off, len, len, o->gamma, o->lambda,
                          tg->adv + off, tg->ret + off);
-            memset(tg->target_mask + off, 1, len);
         }
     }
     if (seq) {
@@ -353,7 +350,6 @@ static void compute_targets(const Options *o, Critic *c, const RecStore *s, cons
                 tg->adv[off + t] = aseq[b];
                 tg->ret[off + t] = tg->rnorm[b];
             }
-            if (len) tg->target_mask[off + len - 1] = 1;
         }
         free(vlast);
         free(aseq);
@@ -367,7 +363,7 @@ static void compute_targets(const Options *o, Critic *c, const RecStore *s, cons
 
 static void targets_free(Targets *tg) {
     free(tg->rnorm); free(tg->v1); free(tg->v2); free(tg->values);
-    free(tg->token_reward); free(tg->adv); free(tg->ret); free(tg->target_mask);
+    free(tg->token_reward); free(tg->adv); free(tg->ret);
 }
 
 // ---- training ----
@@ -398,11 +394,12 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     comm_slice((size_t)n_mb, &b0, &b1);
     const int *rows = rows_mb + b0;
     int nrows = (int)(b1 - b0);
-    // tokens the value loss sees in the whole minibatch (all ranks), from the full targets
+    // tokens the value loss sees in the whole minibatch (all ranks)
+    int seq = strcmp(o->adv_mode, "seq") == 0;
     size_t n_global = 0;
     for (int i = 0; i < n_mb; i++) {
-        size_t off = full->resp_off[rows_mb[i]];
-        for (int t = 0; t < full->resp_len[rows_mb[i]]; t++) n_global += tg->target_mask[off + t];
+        int len = full->resp_len[rows_mb[i]];
+        n_global += seq ? (len > 0) : (size_t)len;
     }
     SeqBatch *sb = records_seqbatch(s, rows, nrows);
     size_t n = sb->n_resp ? sb->n_resp : 1;
@@ -411,15 +408,16 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     float *v1 = xmalloc(n * sizeof(float)), *v2 = xmalloc(n * sizeof(float));
     float *o1 = xmalloc(n * sizeof(float)), *o2 = xmalloc(n * sizeof(float)), *ret = xmalloc(n * sizeof(float));
     float *dv1 = xcalloc(n, sizeof(float)), *dv2 = xcalloc(n, sizeof(float));
-    float *mf = xmalloc(n * sizeof(float));
-    uint8_t *mask = xmalloc(n);
+    uint8_t *mask = xcalloc(n, 1);
     pack_rows(full, tg->v1, rows, nrows, sb, o1);
     pack_rows(full, tg->v2, rows, nrows, sb, o2);
     pack_rows(full, tg->ret, rows, nrows, sb, ret);
-    float *mfull = xmalloc((full->n_resp ? full->n_resp : 1) * sizeof(float));
-    for (size_t i = 0; i < full->n_resp; i++) mfull[i] = tg->target_mask[i];
-    pack_rows(full, mfull, rows, nrows, sb, mf);
-    for (size_t i = 0; i < sb->n_resp; i++) mask[i] = mf[i] != 0;
+    // the value loss sees every valid token, or (sequence mode) each row's last one
+    for (int b = 0; b < sb->B; b++) {
+        int len = sb->resp_len[b];
+        if (seq && len) mask[sb->resp_off[b] + len - 1] = 1;
+        else if (!seq) memset(mask + sb->resp_off[b], 1, len);
+    }
 
     critic_values(c, sb, hid, v1, v2);
     // each head regresses on the returns around its own recorded values; the soft-min of the
@@ -474,7 +472,7 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     cs->grad_norm += norm;
     cs->updates++;
     free(hid); free(v1); free(v2); free(o1); free(o2); free(ret); free(dv1); free(dv2);
-    free(mf); free(mfull); free(mask); free(dh);
+    free(mask); free(dh);
     seqbatch_free(sb);
 }
 

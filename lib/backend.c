@@ -189,7 +189,11 @@ void backend_zero_grad(Backend *bk) {
 
 void backend_allreduce_grads(Backend *bk, const char *what) {
     if (bk->dev == DEVICE_CPU) {
-        comm_allreduce_f32(bk->m->grads, bk->m->n_params, COMM_SUM, what);
+        // the double sums of per-sequence terms (model.h), summed over the ranks in double:
+        // the one-rank gradient, whichever records each rank holds
+        if (comm_world() <= 1) return;
+        comm_allreduce_f64(bk->m->grad_sum, bk->m->n_params, COMM_SUM, what);
+        model_round_grads(bk->m);
         return;
     }
 #ifdef SAFE_CUDA

@@ -70,8 +70,10 @@ void backend_hidden(Backend *bk, const SeqBatch *sb, float *hidden);
 void backend_hidden_backward(Backend *bk, const SeqBatch *sb, const float *dhidden);
 
 void backend_zero_grad(Backend *bk);
-// Sum the gradients over the ranks of comm.h (nothing with one rank). cuda: NCCL on the
-// device buffer when this build has NCCL, else through the host.
+// Sum the gradients over the ranks of comm.h (nothing with one rank). cpu: the double
+// gradient sums (model.h) in double, then rounded: the same gradient as one rank up to
+// double rounding. cuda: fp32 NCCL on the device buffer when this build has NCCL, else
+// through the host (fp32 sums, so only within fp32 reduction-order rounding of one rank).
 void backend_allreduce_grads(Backend *bk, const char *what);
 // The gradients in model.h's layout on the host when $SAFE_DUMP_GRADS is set (for
 // comm_dump_grads; cuda downloads them), else m->grads on the CPU and NULL on cuda.

@@ -333,6 +333,17 @@ void comm_allreduce_f64(double *x, size_t n, CommOp op, const char *what) {
 #endif
 }
 
+double comm_record_sum(double *vals, size_t n, size_t b0, size_t b1, const char *what) {
+    if (info.world > 1) {
+        for (size_t i = 0; i < n; i++)
+            if (i < b0 || i >= b1) vals[i] = 0.0;
+        comm_allreduce_f64(vals, n, COMM_SUM, what);   // x + 0 + ... + 0 = x: exact
+    }
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += vals[i];
+    return s;
+}
+
 size_t comm_allgatherv_f32(const float *mine, size_t n_mine, float *all, size_t all_cap, const char *what) {
     if (!collective_begin("allgather", what)) {
         if (n_mine > all_cap) die(EXIT_RUNTIME, "internal error: allgather (%s) of %zu floats into %zu", what, n_mine, all_cap);

@@ -25,9 +25,12 @@
 // runs the other exit handlers (temporary files removed) and then MPI_Abort with the exit
 // status, so one failing rank stops all of them.
 //
-// Determinism: float sums are reduced in double at rank 0 (a fixed reduction order for a
-// given world size) and the rounded float result is broadcast, so every rank holds the same
-// bits. Results of N ranks differ from 1 rank only by reduction-order rounding.
+// Determinism: sums are reduced in double at rank 0 (a fixed reduction order for a given
+// world size) and the result is broadcast, so every rank holds the same bits. The CPU tools
+// reduce gradients that are already double sums of per-sequence terms (model.h) and divide
+// their means by the global token count, so N ranks reproduce 1 rank's step up to the
+// rounding of double sums (bit-identical in tests/test_dp.sh); comm_record_sum makes
+// per-record scalar sums (EPC's κ) exactly rank-count independent.
 //
 // Test hooks (used by tests/test_dp.sh): SAFE_TEST_KILL_RANK=N makes rank N kill itself
 // (SIGKILL) just before its first collective; SAFE_TEST_STALL_RANK=N makes it stop there
@@ -71,6 +74,12 @@ void comm_slice(size_t n, size_t *begin, size_t *end);
 // `what` names the collective in error messages ("policy gradients").
 void comm_allreduce_f32(float *x, size_t n, CommOp op, const char *what);
 void comm_allreduce_f64(double *x, size_t n, CommOp op, const char *what);
+// The sum of vals (n, one value per record of a minibatch) in record order, where this rank
+// computed records [b0, b1) (its comm_slice) and the other ranks the rest: the entries outside
+// [b0, b1) are taken from their ranks (an all-reduce of vectors that are zero elsewhere,
+// which is exact), so every rank gets the bits one rank gets summing the whole vector.
+// vals is overwritten with the whole vector.
+double comm_record_sum(double *vals, size_t n, size_t b0, size_t b1, const char *what);
 // mine (n_mine floats, any count per rank) → all: every rank's part concatenated in rank
 // order (all holds the sum of the counts). Returns that total.
 size_t comm_allgatherv_f32(const float *mine, size_t n_mine, float *all, size_t all_cap, const char *what);

@@ -56,8 +56,9 @@ PPOStats ppo_loss_forward(const float *logp, const float *logp_old, const float 
 
 // logp, logp_old, adv, dlogp (N)
 void ppo_loss_backward(const float *logp, const float *logp_old, const float *adv,
-                       const uint8_t *mask, size_t N, float clip_eps, float dloss, float *dlogp) {
-    size_t n = mask_count(mask, N);
+                       const uint8_t *mask, size_t N, float clip_eps, float dloss, size_t n_mean,
+                       float *dlogp) {
+    size_t n = n_mean ? n_mean : mask_count(mask, N);
     if (n == 0) return;
     double scale = (double)dloss / (double)n;
     for (size_t i = 0; i < N; i++) {
@@ -83,8 +84,9 @@ double entropy_bonus_forward(const float *entropy, const uint8_t *mask, size_t N
 }
 
 // dentropy (N)
-void entropy_bonus_backward(const uint8_t *mask, size_t N, float c_h, float dloss, float *dentropy) {
-    size_t n = mask_count(mask, N);
+void entropy_bonus_backward(const uint8_t *mask, size_t N, float c_h, float dloss, size_t n_mean,
+                            float *dentropy) {
+    size_t n = n_mean ? n_mean : mask_count(mask, N);
     if (n == 0) return;
     // L_H = −c_H·Σ m_t H_t / n
     float g = (float)(-(double)c_h * dloss / (double)n);
@@ -107,22 +109,25 @@ static inline double kl_k_grad(double r, KLEstimator est) {
 }
 
 // logp_p, logp_q (N)
+double kl_estimate_sum(const float *logp_p, const float *logp_q, const uint8_t *mask, size_t N,
+                       KLEstimator est) {
+    double s = 0.0;
+    for (size_t i = 0; i < N; i++)
+        if (VALID(mask, i)) s += kl_k((double)logp_p[i] - logp_q[i], est);
+    return s;
+}
+
+// logp_p, logp_q (N)
 double kl_estimate(const float *logp_p, const float *logp_q, const uint8_t *mask, size_t N,
                    KLEstimator est) {
-    size_t n = 0;
-    double s = 0.0;
-    for (size_t i = 0; i < N; i++) {
-        if (!VALID(mask, i)) continue;
-        s += kl_k((double)logp_p[i] - logp_q[i], est);
-        n++;
-    }
-    return n ? s / (double)n : 0.0;
+    size_t n = mask_count(mask, N);
+    return n ? kl_estimate_sum(logp_p, logp_q, mask, N, est) / (double)n : 0.0;
 }
 
 // logp_p, logp_q, dlogp_p (N)
 void kl_estimate_backward(const float *logp_p, const float *logp_q, const uint8_t *mask, size_t N,
-                          KLEstimator est, float dkl, float *dlogp_p) {
-    size_t n = mask_count(mask, N);
+                          KLEstimator est, float dkl, size_t n_mean, float *dlogp_p) {
+    size_t n = n_mean ? n_mean : mask_count(mask, N);
     if (n == 0 || dkl == 0.0f) return;
     double scale = (double)dkl / (double)n;
     for (size_t i = 0; i < N; i++) {
@@ -195,10 +200,11 @@ EPCResult epc_forward(const EPCConfig *cfg, double kappa, double k_short_prev, d
 
 // logp, logp_ref, dlogp (N)
 void epc_backward(const EPCConfig *cfg, const EPCResult *res, const float *logp,
-                  const float *logp_ref, const uint8_t *mask, size_t N, float dloss, float *dlogp) {
+                  const float *logp_ref, const uint8_t *mask, size_t N, float dloss, size_t n_mean,
+                  float *dlogp) {
     if (cfg->detach || res->dloss_dkappa == 0.0) return;
     // L_EPC(κ(θ)): chain ∂L/∂κ into ∂κ/∂ℓ_θ
-    kl_estimate_backward(logp, logp_ref, mask, N, cfg->est, (float)(dloss * res->dloss_dkappa), dlogp);
+    kl_estimate_backward(logp, logp_ref, mask, N, cfg->est, (float)(dloss * res->dloss_dkappa), n_mean, dlogp);
 }
 
 double step_limit_scale(double kl, double kl_max) {
@@ -243,8 +249,8 @@ ValueStats value_loss_safe_forward(const float *v, const float *v_old, const flo
 // v, v_old, ret, dv (N)
 void value_loss_safe_backward(const float *v, const float *v_old, const float *ret,
                               const uint8_t *mask, size_t N, float clip_eps, float delta,
-                              float dloss, float *dv) {
-    size_t n = mask_count(mask, N);
+                              float dloss, size_t n_mean, float *dv) {
+    size_t n = n_mean ? n_mean : mask_count(mask, N);
     if (n == 0) return;
     double scale = (double)dloss / (double)n;
     for (size_t i = 0; i < N; i++) {
@@ -283,8 +289,9 @@ ValueStats value_loss_ppo_forward(const float *v, const float *v_old, const floa
 
 // v, v_old, ret, dv (N)
 void value_loss_ppo_backward(const float *v, const float *v_old, const float *ret,
-                             const uint8_t *mask, size_t N, float clip_eps, float dloss, float *dv) {
-    size_t n = mask_count(mask, N);
+                             const uint8_t *mask, size_t N, float clip_eps, float dloss, size_t n_mean,
+                             float *dv) {
+    size_t n = n_mean ? n_mean : mask_count(mask, N);
     if (n == 0) return;
     double scale = (double)dloss / (double)n;
     for (size_t i = 0; i < N; i++) {

@@ -35,8 +35,12 @@ PPOStats ppo_loss_forward(const float *logp, const float *logp_old, const float 
                           const uint8_t *mask, size_t N, float clip_eps);
 // dlogp (N) += dloss · ∂L/∂ℓ_θ:  −ρ_t A_t / n, or 0 where the clipped branch is strictly the
 // smaller one (torch.min/clamp semantics; ties give the unclipped gradient).
+// In every backward below, n is n_mean when it is not 0, else the valid tokens of these N:
+// a rank of a data-parallel step passes the minibatch's token count over all ranks, so its
+// tokens get exactly the gradients they get in one rank's mean (the same division).
 void ppo_loss_backward(const float *logp, const float *logp_old, const float *adv,
-                       const uint8_t *mask, size_t N, float clip_eps, float dloss, float *dlogp);
+                       const uint8_t *mask, size_t N, float clip_eps, float dloss, size_t n_mean,
+                       float *dlogp);
 
 // ---- (b) entropy bonus ----
 //   L_H = −c_H · masked mean of H_t           (SAFE c_H = 0.01; PPO baseline c_H = 0)
@@ -44,7 +48,8 @@ void ppo_loss_backward(const float *logp, const float *logp_old, const float *ad
 double entropy_bonus_forward(const float *entropy, const uint8_t *mask, size_t N, float c_h,
                              double *mean_entropy);
 // dentropy (N) += dloss · (−c_H / n) on valid tokens.
-void entropy_bonus_backward(const uint8_t *mask, size_t N, float c_h, float dloss, float *dentropy);
+void entropy_bonus_backward(const uint8_t *mask, size_t N, float c_h, float dloss, size_t n_mean,
+                            float *dentropy);
 
 // ---- (c) EPC: entropy-aware predictive KL control (SAFE-SPEC §5) ----
 // Sign convention: r_t = ℓ_p(t) − ℓ_q(t), the log-ratio of the sampling policy p over q.
@@ -59,9 +64,12 @@ typedef enum { KL_K1 = 1, KL_K3 = 3 } KLEstimator;
 // q = ref), or the predictive step limit's KL(old‖new) (p = old, q = new).
 double kl_estimate(const float *logp_p, const float *logp_q, const uint8_t *mask, size_t N,
                    KLEstimator est);
+// The masked sum of k(ℓ_p − ℓ_q), in token order (kl_estimate is it over the valid count).
+double kl_estimate_sum(const float *logp_p, const float *logp_q, const uint8_t *mask, size_t N,
+                       KLEstimator est);
 // dlogp_p (N) += dkl · ∂κ/∂ℓ_p = dkl · k'(r_t) / n on valid tokens (∂κ/∂ℓ_q is the negative).
 void kl_estimate_backward(const float *logp_p, const float *logp_q, const uint8_t *mask, size_t N,
-                          KLEstimator est, float dkl, float *dlogp_p);
+                          KLEstimator est, float dkl, size_t n_mean, float *dlogp_p);
 
 typedef struct {
     double lambda_a;      // 0.1   one-sided penalty weight
@@ -106,7 +114,8 @@ EPCResult epc_forward(const EPCConfig *cfg, double kappa, double k_short_prev, d
 //   ∂L/∂κ = g·2λ_a(k_short − τ)·0.1 (+ 2λ_m m / W when the momentum term is positive).
 // Adds nothing when cfg->detach or res->dloss_dkappa == 0.
 void epc_backward(const EPCConfig *cfg, const EPCResult *res, const float *logp,
-                  const float *logp_ref, const uint8_t *mask, size_t N, float dloss, float *dlogp);
+                  const float *logp_ref, const uint8_t *mask, size_t N, float dloss, size_t n_mean,
+                  float *dlogp);
 
 // Predictive step limit (optional, off by default): scale = min(1, kl_max / kl) for the
 // measured KL(old‖new) of a tentative step; 1 when kl ≤ kl_max (or kl ≤ 0).
@@ -132,7 +141,7 @@ ValueStats value_loss_safe_forward(const float *v, const float *v_old, const flo
 // dv (N) += dloss · ½[huber'(V − R) + huber'(V_clip − R)·1{|V − V_old| ≤ ε_V}] / n
 void value_loss_safe_backward(const float *v, const float *v_old, const float *ret,
                               const uint8_t *mask, size_t N, float clip_eps, float delta,
-                              float dloss, float *dv);
+                              float dloss, size_t n_mean, float *dv);
 
 // PPO baseline form (TRL/Ziegler convention):
 //   L_V = ½ · masked mean of max((V − R)², (V_clip − R)²)
@@ -141,7 +150,8 @@ ValueStats value_loss_ppo_forward(const float *v, const float *v_old, const floa
                                   const uint8_t *mask, size_t N, float clip_eps);
 // dv (N) += dloss · ∂L/∂V: the larger branch's gradient; ties average both (torch.max).
 void value_loss_ppo_backward(const float *v, const float *v_old, const float *ret,
-                             const uint8_t *mask, size_t N, float clip_eps, float dloss, float *dv);
+                             const uint8_t *mask, size_t N, float clip_eps, float dloss, size_t n_mean,
+                             float *dv);
 
 // ---- (e) Ziegler adaptive KL controller (PPO baseline, SAFE-SPEC §7) ----
 //   e = clip(KL/target − 1, −0.2, 0.2),  β ← β·(1 + e·n_steps/horizon)

@@ -367,6 +367,50 @@ void matmul_nt_ld(float *out, int ldo, const float *inp, int ldi, const float *w
     }
 }
 
+// tile t of matmul_nt_segsum: each segment's fp32 product in a zeroed tile buffer, then added
+// to the double output
+static void run_segsum_tile(double *out, int ldo, const float *inp, int ldi, const float *w, int ldw, int N,
+                            int OC, const int *seg_start, const int *seg_len, int nseg, int t, int ct, int NB) {
+    int r0 = (t / ct) * MB, c0 = (t % ct) * NB;
+    int nr = min_i(MB, N - r0), nc = min_i(NB, OC - c0);
+    float buf[MB * 64];   // (nr, nc), NB <= 64
+    for (int s = 0; s < nseg; s++) {
+        int len = seg_len[s];
+        if (len <= 0) continue;
+        const float *a = inp + (size_t)r0 * ldi + seg_start[s], *b = w + (size_t)c0 * ldw + seg_start[s];
+        memset(buf, 0, (size_t)nr * nc * sizeof(float));
+        for (int k0 = 0; k0 < len; k0 += KC) tile(buf, nc, a, ldi, b, ldw, nr, nc, k0, min_i(len, k0 + KC));
+        for (int r = 0; r < nr; r++) {
+            double *o = out + (size_t)(r0 + r) * ldo + c0;
+            const float *p = buf + (size_t)r * nc;
+            for (int j = 0; j < nc; j++) o[j] += p[j];
+        }
+    }
+}
+
+void matmul_nt_segsum(double *out, int ldo, const float *inp, int ldi, const float *w, int ldw, int N, int OC,
+                      const int *seg_start, const int *seg_len, int nseg) {
+    pthread_once(&once, matmul_init);
+    if (N <= 0 || OC <= 0 || nseg <= 0) return;
+    size_t K = 0;
+    for (int s = 0; s < nseg; s++) K += seg_len[s] > 0 ? (size_t)seg_len[s] : 0;
+    int NB = 64;
+    int nthreads = omp_get_max_threads();
+    int rt = (N + MB - 1) / MB;
+    int par = (double)N * K * OC >= PAR_MIN_MACS && nthreads > 1;
+    while (par && NB > 16 && (size_t)rt * ((OC + NB - 1) / NB) < 4 * (size_t)nthreads) NB /= 2;
+    int ct = (OC + NB - 1) / NB;
+    int ntiles = rt * ct;
+    if (par && ntiles > 1) {
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int t = 0; t < ntiles; t++)
+            run_segsum_tile(out, ldo, inp, ldi, w, ldw, N, OC, seg_start, seg_len, nseg, t, ct, NB);
+    } else {
+        for (int t = 0; t < ntiles; t++)
+            run_segsum_tile(out, ldo, inp, ldi, w, ldw, N, OC, seg_start, seg_len, nseg, t, ct, NB);
+    }
+}
+
 void matmul_nt_serial(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, int N, int K,
                       int OC) {
     pthread_once(&once, matmul_init);

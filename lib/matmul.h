@@ -23,6 +23,17 @@ void matmul_nt_ld(float *out, int ldo, const float *inp, int ldi, const float *w
 void matmul_nt_serial(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, int N, int K,
                       int OC);
 
+// Sums of products over segments of K, accumulated in double:
+//   out (N,OC) (double, row stride ldo) += sum over s of (double) P_s,
+//   P_s (N,OC) = inp[:, k in seg s] @ w[:, k in seg s]^T, computed in fp32
+// where segment s is [seg_start[s], seg_start[s] + seg_len[s]) of the K columns of inp (N rows,
+// stride ldi) and w (OC rows, stride ldw). Each P_s has exactly the bits matmul_nt gives on
+// that segment alone, wherever the segment starts, so a weight gradient (K = tokens) becomes a
+// double sum of per-sequence terms that do not depend on the sequence's batch mates: the same
+// bits (up to the rounding of the double sums) whichever ranks or batches hold the sequences.
+void matmul_nt_segsum(double *out, int ldo, const float *inp, int ldi, const float *w, int ldw, int N, int OC,
+                      const int *seg_start, const int *seg_len, int nseg);
+
 // dst (C,R) = src (R,C)^T; the _ld form with row strides ldd (of dst) and lds (of src).
 void transpose(float *dst, const float *src, int R, int C);
 void transpose_ld(float *dst, int ldd, const float *src, int lds, int R, int C);

@@ -137,6 +137,8 @@ struct ModelActs {
     int *pos;         // (N) position ids = rank among the row's valid positions
     int *vidx;        // (B,T) each row's valid positions in order (first nvalid[b] entries used)
     int *nvalid;      // (B) valid positions per row
+    int *seg_start;   // (B) backward: row b's tokens are columns [seg_start, +seg_len) of (N)
+    int *seg_len;     // (B)   (first to last valid position; matmul_nt_segsum)
     size_t nvalid_cap;
     size_t pos_cap;
     float *logits;    // (N, V) separate: only when asked for
@@ -218,6 +220,8 @@ void model_free(Model *m) {
         free(a->pos);
         free(a->vidx);
         free(a->nvalid);
+        free(a->seg_start);
+        free(a->seg_len);
         free(a->logits);
         free(a->tokens);
         free(a->mask);
@@ -233,6 +237,7 @@ void model_free(Model *m) {
     }
     free(m->params);
     free(m->grads);
+    free(m->grad_sum);
     free(m);
 }
 
@@ -268,10 +273,23 @@ void model_init_random(Model *m, uint64_t seed, float std) {
 void model_zero_grad(Model *m) {
     if (!m->grads) {
         m->grads = xcalloc(m->n_params, sizeof(float));
+        m->grad_sum = xcalloc(m->n_params, sizeof(double));
         param_views(&m->cfg, m->grads, &m->g);
     } else {
         memset(m->grads, 0, m->n_params * sizeof(float));
+        memset(m->grad_sum, 0, m->n_params * sizeof(double));
     }
+}
+
+void model_round_grads(Model *m) {
+    if (!m->grads) die(EXIT_USAGE, "model_round_grads: no gradient buffer (call model_zero_grad first)");
+    #pragma omp parallel for schedule(static) if (m->n_params >= (1 << 20))
+    for (size_t i = 0; i < m->n_params; i++) m->grads[i] = (float)m->grad_sum[i];
+}
+
+// The double accumulator of a gradient view (m->g.*): the same offset in grad_sum. NULL stays.
+static double *gsum(const Model *m, const float *gview) {
+    return gview ? m->grad_sum + (gview - m->grads) : NULL;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,8 +306,10 @@ static void matmul_forward(float *out, const float *inp, const float *w, const f
 //   dinp (N,C) (+)= dout @ w  (accumulate_dinp chooses),  dw (OC,C) += dout^T @ inp,
 //   dbias (OC) += column sums of dout.  dinp, dw, dbias may be NULL.
 // Both products run on the NT kernel through transposed blocks of at most OB output columns,
-// so the scratch stays small even for a 32000-wide LM head.
-static void matmul_backward(ModelActs *a, float *dinp, float *dw, float *dbias, const float *dout,
+// so the scratch stays small even for a 32000-wide LM head. The parameter gradients dw and
+// dbias are double sums of one fp32 term per sequence (row b: the segment a->seg_*[b]), so
+// they do not depend on which sequences share the batch (model.h).
+static void matmul_backward(ModelActs *a, int B, float *dinp, double *dw, double *dbias, const float *dout,
                             const float *inpT, const float *w, int N, int C, int OC, int accumulate_dinp) {
     int OB = OC <= 2048 ? OC : 1024;
     a->tbuf = grow(a->tbuf, &a->tcap, (size_t)C * OB + (size_t)OB * N);
@@ -304,18 +324,21 @@ static void matmul_backward(ModelActs *a, float *dinp, float *dw, float *dbias, 
         if (dw) {
             // out = inp @ w^T  =>  dw += dout^T @ inp: dout block (N,nb) -> doutT (nb,N)
             transpose_ld(doutT, N, dout + o0, OC, N, nb);
-            matmul_nt(dw + (size_t)o0 * C, doutT, inpT, NULL, nb, N, C, 1);
+            matmul_nt_segsum(dw + (size_t)o0 * C, C, doutT, N, inpT, N, nb, C, a->seg_start, a->seg_len, B);
         }
     }
-    // out = ... + bias  =>  dbias += sum_n dout[n]; columns split over threads, rows in order
+    // out = ... + bias  =>  dbias += sum_n dout[n]: per sequence in fp32, position order,
+    // then into the double sum; columns split over threads
     if (dbias) {
         #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
         for (int j0 = 0; j0 < OC; j0 += 16) {
             int j1 = j0 + 16 < OC ? j0 + 16 : OC;
-            double acc[16] = {0};
-            for (int n = 0; n < N; n++)
-                for (int j = j0; j < j1; j++) acc[j - j0] += dout[(size_t)n * OC + j];
-            for (int j = j0; j < j1; j++) dbias[j] += (float)acc[j - j0];
+            for (int b = 0; b < B; b++) {
+                float acc[16] = {0};
+                for (int n = a->seg_start[b]; n < a->seg_start[b] + a->seg_len[b]; n++)
+                    for (int j = j0; j < j1; j++) acc[j - j0] += dout[(size_t)n * OC + j];
+                for (int j = j0; j < j1; j++) dbias[j] += acc[j - j0];
+            }
         }
     }
 }
@@ -353,8 +376,9 @@ static void rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
 }
 
 // dinp (N,C) += d/dinp, dw (C) += d/dw, given dout (N,C), the forward input and its rstd.
-static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
-                             const float *w, const float *rstd, int N, int C) {
+// dw is a double sum of one term per sequence (the B segments of a), like matmul_backward's.
+static void rmsnorm_backward(const ModelActs *a, int B, float *dinp, double *dw, const float *dout,
+                             const float *inp, const float *w, const float *rstd, int N, int C) {
     // out_i = x_i r w_i, r = (mean x^2 + eps)^-1/2, dr/dx_i = -r^3 x_i / C
     //  => dx_i = r w_i dy_i - x_i r^3/C sum_j w_j dy_j x_j
     #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
@@ -367,16 +391,18 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
         float c = (float)(dot * r * r * r / C);
         for (int i = 0; i < C; i++) dx[i] += r * w[i] * dy[i] - x[i] * c;
     }
-    // dw_i += sum_n dy_i x_i r: channels split over threads, rows summed in order
+    // dw_i += sum_n dy_i x_i r: channels split over threads; per sequence, positions in order
     #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int i0 = 0; i0 < C; i0 += 16) {
         int i1 = i0 + 16 < C ? i0 + 16 : C;
-        double acc[16] = {0};
-        for (int n = 0; n < N; n++) {
-            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
-            for (int i = i0; i < i1; i++) acc[i - i0] += (double)dy[i] * x[i] * rstd[n];
+        for (int b = 0; b < B; b++) {
+            double acc[16] = {0};
+            for (int n = a->seg_start[b]; n < a->seg_start[b] + a->seg_len[b]; n++) {
+                const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+                for (int i = i0; i < i1; i++) acc[i - i0] += (double)dy[i] * x[i] * rstd[n];
+            }
+            for (int i = i0; i < i1; i++) dw[i] += acc[i - i0];
         }
-        for (int i = i0; i < i1; i++) dw[i] += (float)acc[i - i0];
     }
 }
 
@@ -772,7 +798,11 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
     m->T = T;
     if ((size_t)B > a->nvalid_cap) {
         free(a->nvalid);
+        free(a->seg_start);
+        free(a->seg_len);
         a->nvalid = xmalloc((size_t)B * sizeof(int));
+        a->seg_start = xmalloc((size_t)B * sizeof(int));
+        a->seg_len = xmalloc((size_t)B * sizeof(int));
         a->nvalid_cap = B;
     }
 
@@ -854,6 +884,14 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
     const ParamViews *w = &m->w;
     const ParamViews *g = &m->g;
 
+    // each row is one sequence: its tokens run from its first to its last valid position
+    for (int b = 0; b < B; b++) {
+        int nv = a->nvalid[b];
+        const int *vi = a->vidx + (size_t)b * T;
+        a->seg_start[b] = b * T + (nv ? vi[0] : 0);
+        a->seg_len[b] = nv ? vi[nv - 1] - vi[0] + 1 : 0;
+    }
+
     // backward scratch (one layer's worth)
     size_t NC = (size_t)N * C;
     size_t sizes[] = {NC, NC, NC, (size_t)N * qd, (size_t)N * qd, (size_t)N * kvd, (size_t)N * kvd,
@@ -876,11 +914,11 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
     // logits = hidden @ lm_head^T
     if (dhidden) memcpy(dhid, dhidden, NC * sizeof(float));
     else memset(dhid, 0, NC * sizeof(float));
-    if (dlogits) matmul_backward(a, dhid, g->lm_head, NULL, dlogits, transposed(a, a->hidden, N, C), w->lm_head, N, C, V, 1);
+    if (dlogits) matmul_backward(a, B, dhid, gsum(m, g->lm_head), NULL, dlogits, transposed(a, a->hidden, N, C), w->lm_head, N, C, V, 1);
 
     // hidden = rmsnorm(res[L])
     memset(dres, 0, NC * sizeof(float));
-    rmsnorm_backward(dres, g->final_norm, dhid, a->res + (size_t)c->n_layers * NC, w->final_norm, a->lnf_rstd, N, C);
+    rmsnorm_backward(a, B, dres, gsum(m, g->final_norm), dhid, a->res + (size_t)c->n_layers * NC, w->final_norm, a->lnf_rstd, N, C);
     // padded positions: nothing upstream of them is used; drop whatever came in there
     for (int n = 0; n < N; n++)
         if (!a->mask[n]) memset(dres + (size_t)n * C, 0, C * sizeof(float));
@@ -892,19 +930,19 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
         const float *h1 = a->h1 + (size_t)l * N * F, *h3 = a->h3 + (size_t)l * N * F, *gate = a->gate + (size_t)l * N * F;
 
         // res_out = mid + gate @ w2^T: dres flows on to mid unchanged
-        matmul_backward(a, dgate, g->w2 + (size_t)l * C * F, NULL, dres, transposed(a, gate, N, F), w->w2 + (size_t)l * C * F, N, F, C, 0);
+        matmul_backward(a, B, dgate, gsum(m, g->w2) + (size_t)l * C * F, NULL, dres, transposed(a, gate, N, F), w->w2 + (size_t)l * C * F, N, F, C, 0);
         // gate = silu(h1) * h3
         swiglu_backward(dh1, dh3, dgate, h1, h3, (size_t)N * F);
         // h1 = ln2 @ w1^T, h3 = ln2 @ w3^T
         const float *ln2T = transposed(a, ln2, N, C);
-        matmul_backward(a, dln, g->w1 + (size_t)l * F * C, NULL, dh1, ln2T, w->w1 + (size_t)l * F * C, N, C, F, 0);
-        matmul_backward(a, dln, g->w3 + (size_t)l * F * C, NULL, dh3, ln2T, w->w3 + (size_t)l * F * C, N, C, F, 1);
+        matmul_backward(a, B, dln, gsum(m, g->w1) + (size_t)l * F * C, NULL, dh1, ln2T, w->w1 + (size_t)l * F * C, N, C, F, 0);
+        matmul_backward(a, B, dln, gsum(m, g->w3) + (size_t)l * F * C, NULL, dh3, ln2T, w->w3 + (size_t)l * F * C, N, C, F, 1);
         // ln2 = rmsnorm(mid)
-        rmsnorm_backward(dres, g->ffn_norm + (size_t)l * C, dln, mid, w->ffn_norm + (size_t)l * C,
+        rmsnorm_backward(a, B, dres, gsum(m, g->ffn_norm) + (size_t)l * C, dln, mid, w->ffn_norm + (size_t)l * C,
                          a->ln2_rstd + (size_t)l * N, N, C);
 
         // mid = res + atty @ wo^T: dres flows on to res unchanged
-        matmul_backward(a, datty, g->wo + (size_t)l * C * qd, NULL, dres, transposed(a, atty, N, qd), w->wo + (size_t)l * C * qd, N, qd, C, 0);
+        matmul_backward(a, B, datty, gsum(m, g->wo) + (size_t)l * C * qd, NULL, dres, transposed(a, atty, N, qd), w->wo + (size_t)l * C * qd, N, qd, C, 0);
         // atty = attention(q, k, v)
         attention_backward(dq, dk, dv, datty, q, k, v, atty, a->lse + (size_t)l * N * H, a->vidx, a->nvalid,
                            B, T, H, KV, hs);
@@ -913,24 +951,27 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
         rope_backward(dk, a->pos, N, KV, hs, a->rope_cos, a->rope_sin);
         // q0 = ln1 @ wq^T + bq, k0 = ..., v = ...
         const float *ln1T = transposed(a, ln1, N, C);
-        matmul_backward(a, dln, g->wq + (size_t)l * qd * C, g->bq ? g->bq + (size_t)l * qd : NULL, dq, ln1T,
+        matmul_backward(a, B, dln, gsum(m, g->wq) + (size_t)l * qd * C, g->bq ? gsum(m, g->bq) + (size_t)l * qd : NULL, dq, ln1T,
                         w->wq + (size_t)l * qd * C, N, C, qd, 0);
-        matmul_backward(a, dln, g->wk + (size_t)l * kvd * C, g->bk ? g->bk + (size_t)l * kvd : NULL, dk, ln1T,
+        matmul_backward(a, B, dln, gsum(m, g->wk) + (size_t)l * kvd * C, g->bk ? gsum(m, g->bk) + (size_t)l * kvd : NULL, dk, ln1T,
                         w->wk + (size_t)l * kvd * C, N, C, kvd, 1);
-        matmul_backward(a, dln, g->wv + (size_t)l * kvd * C, g->bv ? g->bv + (size_t)l * kvd : NULL, dv, ln1T,
+        matmul_backward(a, B, dln, gsum(m, g->wv) + (size_t)l * kvd * C, g->bv ? gsum(m, g->bv) + (size_t)l * kvd : NULL, dv, ln1T,
                         w->wv + (size_t)l * kvd * C, N, C, kvd, 1);
         // ln1 = rmsnorm(res)
-        rmsnorm_backward(dres, g->attn_norm + (size_t)l * C, dln, res, w->attn_norm + (size_t)l * C,
+        rmsnorm_backward(a, B, dres, gsum(m, g->attn_norm) + (size_t)l * C, dln, res, w->attn_norm + (size_t)l * C,
                          a->ln1_rstd + (size_t)l * N, N, C);
     }
 
-    // x = tok_emb[token]: rows in order on one thread (a token may repeat)
+    // x = tok_emb[token]: rows in order on one thread (a token may repeat), each position's
+    // fp32 gradient added to the double sum
+    double *ge0 = gsum(m, g->tok_emb);
     for (int n = 0; n < N; n++) {
         if (!a->mask[n]) continue;
-        float *ge = g->tok_emb + (size_t)a->tokens[n] * C;
+        double *ge = ge0 + (size_t)a->tokens[n] * C;
         const float *d = dres + (size_t)n * C;
         for (int i = 0; i < C; i++) ge[i] += d[i];
     }
+    model_round_grads(m);
 }
 
 // ---------------------------------------------------------------------------------------------

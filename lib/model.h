@@ -52,7 +52,8 @@ typedef struct {
     size_t n_params;   // floats in the flat buffers
     float *params;     // (n_params) one allocation
     ParamViews w;
-    float *grads;      // (n_params) lazily allocated by model_zero_grad
+    float *grads;      // (n_params) lazily allocated by model_zero_grad: grad_sum rounded
+    double *grad_sum;  // (n_params) the gradient as a double sum of per-sequence terms
     ParamViews g;
     // outputs of the last model_forward:
     int B, T;
@@ -78,10 +79,19 @@ Model *model_clone(const Model *m);                  // weights only
 void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, int T, int want_logits);
 
 // Backward of the last model_forward. dlogits (B,T,V) and/or dhidden (B,T,C) may be NULL.
-// Accumulates (+=) into m->grads; call model_zero_grad first. Gradients arriving at padded
-// positions are dropped (they must be finite; zero is usual).
+// Accumulates (+=) into m->grad_sum, then rounds it into m->grads; call model_zero_grad
+// first. Gradients arriving at padded positions are dropped (they must be finite; zero is
+// usual).
+// Every parameter gradient is a double sum, over the batch's rows in order, of terms that
+// depend on one row (sequence) only: weight matrices take each row's fp32 product over its
+// own positions (matmul_nt_segsum), norm weights and biases each row's own sum, embeddings
+// each position's fp32 gradient. So the gradient of a batch equals the double sum of its
+// sequences' gradients taken one at a time, up to the rounding of double sums (~1e-16
+// relative): data-parallel ranks that sum their grad_sum in double get the one-rank
+// gradient whatever the split (tests/test_dp.sh).
 void model_backward(Model *m, const float *dlogits, const float *dhidden);
-void model_zero_grad(Model *m);
+void model_zero_grad(Model *m);       // grads and grad_sum to zero (allocated on first use)
+void model_round_grads(Model *m);     // grads = (float)grad_sum (after an all-reduce of grad_sum)
 
 // ---- incremental decoding ----
 typedef struct {

@@ -1,12 +1,13 @@
 // valuehead.c — shared LayerNorm + one or two (Linear → GELU → Linear) value heads, forward
-// and backward side by side (SAFE-SPEC §3). Matrix products go through OpenBLAS (cblas).
+// and backward side by side (SAFE-SPEC §3). Matrix products use the batch-invariant kernels
+// of matmul.h, so a token's value and a sequence's gradient terms do not depend on the batch.
 // Honest note: sgemm is deterministic for a given shape and thread count but not batch-
 // invariant (a token's value can differ in the last bits with the batch it is in); switch the
 // forward to matmul_nt (matmul.h) once that lands if bit-exact reruns across batchings matter.
 #include "valuehead.h"   // ValueHead, valuehead_forward/backward, valuehead_tensors
 #include "common.h"      // die, xmalloc, xcalloc
+#include "matmul.h"      // matmul_nt, matmul_nt_segsum, transpose
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,7 @@ ValueHead *valuehead_create(int C, int hidden, int n_heads, uint64_t seed) {
     vh->n_params = valuehead_param_count(C, Hd, n_heads);
     vh->params = xcalloc(vh->n_params, sizeof(float));
     vh->grads = xcalloc(vh->n_params, sizeof(float));
+    vh->grad_sum = xcalloc(vh->n_params, sizeof(double));
     valuehead_views(&vh->w, vh->params, C, Hd, n_heads);
     valuehead_views(&vh->g, vh->grads, C, Hd, n_heads);
     valuehead_init(vh, seed);
@@ -82,8 +84,8 @@ ValueHead *valuehead_create(int C, int hidden, int n_heads, uint64_t seed) {
 
 static void valuehead_free_acts(ValueHead *vh) {
     free(vh->ln_mean); free(vh->ln_rstd); free(vh->x);
-    free(vh->pre); free(vh->act); free(vh->dpre); free(vh->dx);
-    vh->ln_mean = vh->ln_rstd = vh->x = vh->pre = vh->act = vh->dpre = vh->dx = NULL;
+    free(vh->pre); free(vh->act); free(vh->dpre); free(vh->dx); free(vh->tbuf);
+    vh->ln_mean = vh->ln_rstd = vh->x = vh->pre = vh->act = vh->dpre = vh->dx = vh->tbuf = NULL;
     vh->cap = 0;
 }
 
@@ -92,10 +94,21 @@ void valuehead_free(ValueHead *vh) {
     valuehead_free_acts(vh);
     free(vh->params);
     free(vh->grads);
+    free(vh->grad_sum);
     free(vh);
 }
 
-void valuehead_zero_grad(ValueHead *vh) { memset(vh->grads, 0, vh->n_params * sizeof(float)); }
+void valuehead_zero_grad(ValueHead *vh) {
+    memset(vh->grads, 0, vh->n_params * sizeof(float));
+    memset(vh->grad_sum, 0, vh->n_params * sizeof(double));
+}
+
+void valuehead_round_grads(ValueHead *vh) {
+    for (size_t i = 0; i < vh->n_params; i++) vh->grads[i] = (float)vh->grad_sum[i];
+}
+
+// The double accumulator of a gradient view (vh->g.*).
+static double *gsum(const ValueHead *vh, const float *gview) { return vh->grad_sum + (gview - vh->grads); }
 
 // Grow the activation buffers to hold N rows (lazy; they only ever grow).
 static void valuehead_reserve(ValueHead *vh, size_t N) {
@@ -109,6 +122,7 @@ static void valuehead_reserve(ValueHead *vh, size_t N) {
     vh->act = xmalloc(K * N * Hd * sizeof(float));
     vh->dpre = xmalloc(N * Hd * sizeof(float));
     vh->dx = xmalloc(N * C * sizeof(float));
+    vh->tbuf = xmalloc((N * (C + Hd) + C * Hd) * sizeof(float));
     vh->cap = N;
 }
 
@@ -143,26 +157,41 @@ static void layernorm_forward(const float *h, size_t N, int C, const float *w, c
     }
 }
 
-// dx (N,C) upstream; dh (N,C) += ∂/∂h, dw, db (C) += (serial over rows for the parameter grads)
+// dx (N,C) upstream; dh (N,C) += ∂/∂h; dw, db (C) += per sequence (nseq of them, seq_len[s]
+// consecutive rows each) a double sum over its rows, added in sequence order
 static void layernorm_backward(const float *h, size_t N, int C, const float *w, const float *mean,
-                               const float *rstd, const float *dx, float *dh, float *dw, float *db) {
-    for (size_t n = 0; n < N; n++) {
-        const float *hr = h + n * C, *dxr = dx + n * C;
-        float m = mean[n], s = rstd[n];
-        // x = x̂·w + b, x̂ = (h − μ)·rstd
+                               const float *rstd, const float *dx, float *dh, double *dw, double *db,
+                               const int *seq_len, int nseq) {
+    size_t n = 0;
+    for (int q = 0; q < nseq; q++) {
+        size_t end = n + (size_t)seq_len[q];
+        for (int i = 0; i < C; i++) {
+            double sw = 0.0, sb = 0.0;
+            for (size_t r = n; r < end; r++) {
+                float d = dx[r * C + i], xh = (h[r * C + i] - mean[r]) * rstd[r];
+                sw += (double)d * xh;
+                sb += d;
+            }
+            dw[i] += sw;
+            db[i] += sb;
+        }
+        n = end;
+    }
+    if (n != N) die(EXIT_RUNTIME, "valuehead_backward: the sequence lengths add up to %zu rows, not %zu", n, N);
+    if (!dh) return;
+    for (size_t r = 0; r < N; r++) {
+        const float *hr = h + r * C, *dxr = dx + r * C;
+        float m = mean[r], s = rstd[r];
+        // x = x̂·w + b, x̂ = (h − μ)·rstd;  ∂h = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))
         double sum_dxh = 0.0, sum_dxh_xh = 0.0;
         for (int i = 0; i < C; i++) {
             float xh = (hr[i] - m) * s;
             float dxh = dxr[i] * w[i];
-            dw[i] += dxr[i] * xh;
-            db[i] += dxr[i];
             sum_dxh += dxh;
             sum_dxh_xh += dxh * xh;
         }
-        if (!dh) continue;
-        // ∂h = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))
         float mean_dxh = (float)(sum_dxh / C), mean_dxh_xh = (float)(sum_dxh_xh / C);
-        float *dhr = dh + n * C;
+        float *dhr = dh + r * C;
         for (int i = 0; i < C; i++) {
             float xh = (hr[i] - m) * s;
             dhr[i] += s * (dxr[i] * w[i] - mean_dxh - xh * mean_dxh_xh);
@@ -184,8 +213,7 @@ void valuehead_forward(ValueHead *vh, const float *h, size_t N, float *v1, float
         float *vout = k == 0 ? v1 : v2;
         float *pre = vh->pre + (size_t)k * N * Hd, *act = vh->act + (size_t)k * N * Hd;
         // pre (N,Hd) = x (N,C) · fc1_w (Hd,C)ᵀ + fc1_b
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, Hd, C, 1.0f, vh->x, C,
-                    vh->w.fc1_w[k], C, 0.0f, pre, Hd);
+        matmul_nt(pre, vh->x, vh->w.fc1_w[k], NULL, (int)N, C, Hd, 0);
         const float *b1 = vh->w.fc1_b[k], *w2 = vh->w.fc2_w[k];
         float b2 = vh->w.fc2_b[k][0];
         #pragma omp parallel for if (N * Hd > 65536)
@@ -202,43 +230,63 @@ void valuehead_forward(ValueHead *vh, const float *h, size_t N, float *v1, float
     }
 }
 
-// dv1, dv2 (N) upstream; dh (N,C) +=
-void valuehead_backward(ValueHead *vh, const float *h, size_t N, const float *dv1,
-                        const float *dv2, float *dh) {
+// dv1, dv2 (N) upstream; dh (N,C) +=. Parameter gradients: double sums of per-sequence terms
+// (valuehead.h), then rounded into vh->grads.
+void valuehead_backward(ValueHead *vh, const float *h, size_t N, const int *seq_len, int nseq,
+                        const float *dv1, const float *dv2, float *dh) {
     int C = vh->C, Hd = vh->Hd;
     if (N != vh->N) die(EXIT_RUNTIME, "valuehead_backward: N = %zu but the last forward had %zu rows", N, vh->N);
     if (N == 0) return;
+    // segments of the token axis for matmul_nt_segsum: one per sequence
+    int *seg_start = xmalloc((nseq ? nseq : 1) * sizeof(int));
+    for (int q = 0, off = 0; q < nseq; q++) {
+        seg_start[q] = off;
+        off += seq_len[q];
+    }
+    float *xT = vh->tbuf, *dpreT = xT + N * C, *wT = dpreT + N * Hd;   // (C,N), (Hd,N), (C,Hd)
+    transpose(xT, vh->x, (int)N, C);
     int have_dx = 0;   // dx holds a gradient once a head with an upstream gradient ran
     for (int k = 0; k < vh->n_heads; k++) {
         const float *dv = k == 0 ? dv1 : dv2;
         if (!dv) continue;
         const float *pre = vh->pre + (size_t)k * N * Hd, *act = vh->act + (size_t)k * N * Hd;
         const float *w2 = vh->w.fc2_w[k];
-        float *gw2 = vh->g.fc2_w[k], *gb1 = vh->g.fc1_b[k];
-        // V = fc2_w·act + fc2_b: ∂fc2_w += dv·act, ∂fc2_b += dv, ∂act = dv·fc2_w
-        double gb2 = 0.0;
+        // act = gelu(pre), V = fc2_w·act + fc2_b: ∂act = dv·fc2_w, ∂pre = ∂act·gelu'(pre)
         for (size_t n = 0; n < N; n++) {
-            const float *ar = act + n * Hd, *pr = pre + n * Hd;
-            float d = dv[n], *dp = vh->dpre + n * Hd;
-            gb2 += d;
+            const float *pr = pre + n * Hd;
+            float *dp = vh->dpre + n * Hd;
+            for (int j = 0; j < Hd; j++) dp[j] = dv[n] * w2[j] * gelu_grad(pr[j]);
+        }
+        // ∂fc2_w += dv·act, ∂fc2_b += dv, ∂fc1_b += dpre: per sequence, then in sequence order
+        double *gw2 = gsum(vh, vh->g.fc2_w[k]), *gb2 = gsum(vh, vh->g.fc2_b[k]), *gb1 = gsum(vh, vh->g.fc1_b[k]);
+        for (int q = 0; q < nseq; q++) {
+            size_t n0 = (size_t)seg_start[q], n1 = n0 + (size_t)seq_len[q];
+            double sb2 = 0.0;
+            for (size_t n = n0; n < n1; n++) sb2 += dv[n];
+            gb2[0] += sb2;
             for (int j = 0; j < Hd; j++) {
-                gw2[j] += d * ar[j];
-                // act = gelu(pre)
-                dp[j] = d * w2[j] * gelu_grad(pr[j]);
-                gb1[j] += dp[j];
+                double sw = 0.0, sb = 0.0;
+                for (size_t n = n0; n < n1; n++) {
+                    sw += (double)dv[n] * act[n * Hd + j];
+                    sb += vh->dpre[n * Hd + j];
+                }
+                gw2[j] += sw;
+                gb1[j] += sb;
             }
         }
-        vh->g.fc2_b[k][0] += (float)gb2;
-        // pre = x·fc1_wᵀ + fc1_b: ∂fc1_w (Hd,C) += dpreᵀ (Hd,N) · x (N,C)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Hd, C, (int)N, 1.0f, vh->dpre, Hd,
-                    vh->x, C, 1.0f, vh->g.fc1_w[k], C);
+        // pre = x·fc1_wᵀ + fc1_b: ∂fc1_w (Hd,C) += Σ_seq dpreᵀ (Hd,n) · x (n,C)
+        transpose(dpreT, vh->dpre, (int)N, Hd);
+        matmul_nt_segsum(gsum(vh, vh->g.fc1_w[k]), C, dpreT, (int)N, xT, (int)N, Hd, C, seg_start, seq_len, nseq);
         // ∂x (N,C) (+)= dpre (N,Hd) · fc1_w (Hd,C)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, C, Hd, 1.0f, vh->dpre, Hd,
-                    vh->w.fc1_w[k], C, have_dx ? 1.0f : 0.0f, vh->dx, C);
+        transpose(wT, vh->w.fc1_w[k], Hd, C);
+        matmul_nt(vh->dx, vh->dpre, wT, NULL, (int)N, Hd, C, have_dx);
         have_dx = 1;
     }
-    if (!have_dx) return;
-    layernorm_backward(h, N, C, vh->w.ln_w, vh->ln_mean, vh->ln_rstd, vh->dx, dh, vh->g.ln_w, vh->g.ln_b);
+    if (have_dx)
+        layernorm_backward(h, N, C, vh->w.ln_w, vh->ln_mean, vh->ln_rstd, vh->dx, dh, gsum(vh, vh->g.ln_w),
+                           gsum(vh, vh->g.ln_b), seq_len, nseq);
+    free(seg_start);
+    valuehead_round_grads(vh);
 }
 
 // ---- names for checkpoints ----

@@ -44,7 +44,8 @@ typedef struct {
     int C, Hd, n_heads;
     size_t n_params;
     float *params;        // (n_params)
-    float *grads;         // (n_params), zeroed at creation; valuehead_zero_grad
+    float *grads;         // (n_params), zeroed at creation; valuehead_zero_grad: grad_sum rounded
+    double *grad_sum;     // (n_params) the gradients as double sums of per-sequence terms
     ValueHeadViews w, g;
     // Activations of the last forward, kept for backward (grown lazily to N rows):
     size_t N, cap;
@@ -54,6 +55,7 @@ typedef struct {
     float *act;                 // (n_heads, N, Hd) GELU outputs
     float *dpre;                // (N, Hd) backward scratch
     float *dx;                  // (N, C)  backward scratch
+    float *tbuf;                // backward scratch: transposed x, dpre and fc1_w
 } ValueHead;
 
 // Entry of the tensor list for checkpoints: a name, the data, and a shape of ndim dims.
@@ -75,11 +77,15 @@ void valuehead_zero_grad(ValueHead *vh);
 // h (N, C) → v1 (N), v2 (N) (v2 ignored, may be NULL, when n_heads == 1). Keeps x, pre,
 // act and the LN statistics for the backward.
 void valuehead_forward(ValueHead *vh, const float *h, size_t N, float *v1, float *v2);
-// Backward of the last forward (same h, N): dv1, dv2 (N) upstream (either may be NULL =
-// zero). Accumulates parameter gradients into vh->grads and dh (N, C) += ∂/∂h (dh may be
-// NULL when the backbone is frozen).
-void valuehead_backward(ValueHead *vh, const float *h, size_t N, const float *dv1,
-                        const float *dv2, float *dh);
+// Backward of the last forward (same h, N): the N rows are nseq sequences of seq_len[s]
+// consecutive rows; dv1, dv2 (N) upstream (either may be NULL = zero). Accumulates the
+// parameter gradients into vh->grad_sum, each a double sum over the sequences in order of a
+// term computed from that sequence alone (so the split of sequences over data-parallel ranks
+// does not change it beyond double rounding), then rounds it into vh->grads; dh (N, C) +=
+// ∂/∂h (dh may be NULL when the backbone is frozen).
+void valuehead_backward(ValueHead *vh, const float *h, size_t N, const int *seq_len, int nseq,
+                        const float *dv1, const float *dv2, float *dh);
+void valuehead_round_grads(ValueHead *vh);   // grads = (float)grad_sum (after an all-reduce)
 
 // The parameter (grads = 0) or gradient (grads = 1) tensors in the order above with their
 // saving names. Returns the count (2 + 4·n_heads ≤ VALUEHEAD_MAX_TENSORS); out needs that

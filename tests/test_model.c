@@ -710,6 +710,79 @@ TEST(threads_1_vs_2) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// gradients as sums of per-sequence terms (model.h): the data-parallel guarantee
+
+// rows [b0, b1) of in, each cut to its own valid range and left-aligned: (b1 - b0, T')
+static void rows_inputs(const ObjInputs *in, int b0, int b1, const int *left, const int *len, int C, ObjInputs *out) {
+    int B = b1 - b0, T = 0;
+    for (int b = b0; b < b1; b++) T = len[b] > T ? len[b] : T;
+    int l2[8], n2[8];
+    for (int b = 0; b < B; b++) { l2[b] = 0; n2[b] = len[b0 + b]; }
+    random_inputs(out, B, T, 1, C, l2, n2);   // shapes and masks; the values are copied below
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < len[b0 + b]; t++) {
+            size_t src = (size_t)(b0 + b) * in->T + left[b0 + b] + t, dst = (size_t)b * T + t;
+            out->tokens[dst] = in->tokens[src];
+            out->targets[dst] = in->targets[src];
+            out->w[dst] = in->w[src];
+            memcpy(out->u + dst * C, in->u + src * C, C * sizeof(float));
+        }
+}
+
+// grad_sum of the batch vs the double sum of the grad_sums of its parts (groups of rows, each
+// part run as its own batch without the others' padding): the largest difference relative to
+// max |grad|, and how many fp32-rounded gradients differ
+static void part_sums_case(Model *m, const char *name, const ObjInputs *in, const int *left, const int *len,
+                           const int *cuts, int ncuts) {
+    size_t P = m->n_params;
+    float *lp = xmalloc((size_t)in->B * in->T * sizeof(float)), *en = xmalloc((size_t)in->B * in->T * sizeof(float));
+    objective(m, in, 1, lp, en);
+    double *whole = xmalloc(P * sizeof(double)), *sum = xcalloc(P, sizeof(double));
+    memcpy(whole, m->grad_sum, P * sizeof(double));
+    for (int c = 0; c + 1 < ncuts; c++) {
+        ObjInputs part;
+        rows_inputs(in, cuts[c], cuts[c + 1], left, len, m->cfg.dim, &part);
+        float *plp = xmalloc((size_t)part.B * part.T * sizeof(float)), *pen = xmalloc((size_t)part.B * part.T * sizeof(float));
+        objective(m, &part, 1, plp, pen);
+        for (size_t i = 0; i < P; i++) sum[i] += m->grad_sum[i];
+        free(plp); free(pen);
+        free_inputs(&part);
+    }
+    double gmax = 0, dmax = 0;
+    size_t fdiff = 0;
+    for (size_t i = 0; i < P; i++) {
+        gmax = fmax(gmax, fabs(whole[i]));
+        dmax = fmax(dmax, fabs(whole[i] - sum[i]));
+        fdiff += (float)whole[i] != (float)sum[i];
+    }
+    printf("  %s, %d parts: max |batch - sum of parts| = %.3g of max |grad| %.3g; %zu of %zu fp32 gradients differ\n",
+           name, ncuts - 1, dmax, gmax, fdiff, P);
+    CHECK(dmax <= 1e-13 * gmax, "%s: the batch's gradient is not the sum of its parts' (%g)", name, dmax / gmax);
+    CHECK(fdiff <= P / 100000, "%s: %zu fp32 gradients differ", name, fdiff);
+    free(whole); free(sum); free(lp); free(en);
+}
+
+TEST(gradient_is_sum_of_sequences) {
+    int B = 5, T = 40;
+    int left[5] = {0, 7, 3, 12, 0}, len[5] = {40, 21, 30, 9, 33};
+    int singles[6] = {0, 1, 2, 3, 4, 5}, ranks2[3] = {0, 2, 5}, ranks3[4] = {0, 1, 3, 5};
+    Model *models[2] = {stories260k(), tiny_model(0, 1, 11)};
+    const char *names[2] = {"stories260K", "tiny untied+bias"};
+    CHECK(models[0] != NULL, "stories260K not found");
+    for (int k = 0; k < 2; k++) {
+        Model *m = models[k];
+        if (!m) continue;
+        ObjInputs in;
+        random_inputs(&in, B, T, m->cfg.vocab_size, m->cfg.dim, left, len);
+        part_sums_case(m, names[k], &in, left, len, singles, 6);
+        part_sums_case(m, names[k], &in, left, len, ranks2, 3);
+        part_sums_case(m, names[k], &in, left, len, ranks3, 4);
+        free_inputs(&in);
+        model_free(m);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // logprob: huge logits, temperature, skipped rows, backward against a double-precision formula
 
 TEST(logprob_stable_and_backward) {
@@ -805,6 +878,7 @@ int main(void) {
     RUN(parity_tiny_untied_gqa_bias);
     RUN(finite_differences_tiny);
     RUN(threads_1_vs_2);
+    RUN(gradient_is_sum_of_sequences);
     RUN(logprob_stable_and_backward);
     return test_summary();
 }

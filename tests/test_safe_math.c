@@ -403,7 +403,7 @@ TEST(ppo_ratio_one) {
           "clipfrac %g ratio %g/%g", st.clip_frac, st.ratio_mean, st.ratio_max);
     CHECK(fabs(st.loss - (-s / n)) < 1e-12 && st.n_valid == (size_t)n, "loss %g want %g", st.loss, -s / n);
     float g[N] = {0};
-    ppo_loss_backward(lp, lp, a, m, N, 0.2f, 1.0f, g);
+    ppo_loss_backward(lp, lp, a, m, N, 0.2f, 1.0f, 0, g);
     int bad = 0;
     for (int i = 0; i < N; i++) bad += m[i] ? fabs(g[i] - (-a[i] / n)) > 1e-7 : g[i] != 0;
     CHECK(bad == 0, "%d gradients != -A/n", bad);
@@ -425,7 +425,7 @@ TEST(ppo_fd) {
         a[i] = (float)nrand();
         m[i] = i % 5 != 4;
     }
-    ppo_loss_backward(lp, old, a, m, N, 0.2f, 1.0f, g);
+    ppo_loss_backward(lp, old, a, m, N, 0.2f, 1.0f, 0, g);
     LossCtx c = {.lp = lp, .old = old, .a = a, .m = m, .n = N};
     double maxe = 0;
     int zeros = 0;
@@ -452,7 +452,7 @@ TEST(entropy_fd) {
     double mh;
     double l = entropy_bonus_forward(e, m, N, 0.01f, &mh);
     CHECK(fabs(l + (double)0.01f * masked_mean(e, m, N)) < 1e-12 && fabs(mh - masked_mean(e, m, N)) < 1e-12, "value");
-    entropy_bonus_backward(m, N, 0.01f, 1.0f, g);
+    entropy_bonus_backward(m, N, 0.01f, 1.0f, 0, g);
     LossCtx c = {.ent = e, .m = m, .n = N};
     double maxe = 0;
     for (int i = 0; i < N; i++) maxe = fmax(maxe, rel_err(g[i], fd(e, i, 1e-3, ent_l, &c), 1e-6));
@@ -479,7 +479,7 @@ static EPCResult epc_run(float *lp, float *ref, uint8_t *m, int N, float *g) {
     EPCResult r = epc_forward(&epc_cfg, kappa, epc_state[0], epc_state[1], epc_state[2], epc_state[3],
                               epc_cfg.momentum ? &epc_lag : NULL);
     memset(g, 0, N * sizeof(float));
-    epc_backward(&epc_cfg, &r, lp, ref, m, N, 1.0f, g);
+    epc_backward(&epc_cfg, &r, lp, ref, m, N, 1.0f, 0, g);
     return r;
 }
 
@@ -551,7 +551,7 @@ TEST(kl_estimators) {
     double want = ((exp(-1) - 1 + 1) + (exp(1) - 1 - 1) + 0 + (exp(-20) - 1 + 20) + (exp(20) - 1 - 20)) / 5;
     CHECK(rel_err(k3, want, 1e-12) < 1e-12, "k3 %.15g want %.15g", k3, want);
     float g[5] = {0};
-    kl_estimate_backward(p, q, NULL, 5, KL_K3, 1.0f, g);
+    kl_estimate_backward(p, q, NULL, 5, KL_K3, 1.0f, 0, g);
     CHECK(g[3] == 0 && g[4] == 0 && g[2] == 0 && fabs(g[0] - (1 - exp(-1)) / 5) < 1e-7, "k3 grads %g %g %g %g",
           g[0], g[2], g[3], g[4]);
     CHECK(step_limit_scale(0.2, 0.5) == 1.0 && step_limit_scale(1.0, 0.5) == 0.5 && step_limit_scale(0, 0.5) == 1.0,
@@ -587,8 +587,8 @@ TEST(value_losses_fd) {
         R[i] = (float)(v[i] - e);
         m[i] = i % 9 != 8;
     }
-    value_loss_safe_backward(v, vo, R, m, N, 0.2f, 0.5f, 1.0f, g1);
-    value_loss_ppo_backward(v, vo, R, m, N, 0.2f, 1.0f, g2);
+    value_loss_safe_backward(v, vo, R, m, N, 0.2f, 0.5f, 1.0f, 0, g1);
+    value_loss_ppo_backward(v, vo, R, m, N, 0.2f, 1.0f, 0, g2);
     LossCtx c = {.v = v, .vold = vo, .ret = R, .m = m, .n = N};
     double e1 = 0, e2 = 0;
     for (int i = 0; i < N; i++) {
@@ -634,7 +634,8 @@ TEST(valuehead_fd) {
         for (int i = 0; i < N; i++) { dv1[i] = (float)nrand(); dv2[i] = (float)nrand(); }
         VHCtx c = {vh, h, dv1, dv2, N};
         vh_l(&c);
-        valuehead_backward(vh, h, N, dv1, heads > 1 ? dv2 : NULL, dh);
+        int seqs[2] = {1, N - 1};   // two sequences: the per-sequence sums are exercised
+        valuehead_backward(vh, h, N, seqs, 2, dv1, heads > 1 ? dv2 : NULL, dh);
         float *grads = malloc(vh->n_params * sizeof(float));
         memcpy(grads, vh->grads, vh->n_params * sizeof(float));
         double ep = 0, eh = 0;
@@ -726,7 +727,8 @@ TEST(valuehead_pytorch_parity) {
             float *v1 = malloc(N * sizeof(float)), *v2 = malloc(N * sizeof(float)), *dh = calloc((size_t)N * C, sizeof(float));
             valuehead_forward(vh, h, N, v1, K > 1 ? v2 : NULL);
             valuehead_zero_grad(vh);
-            valuehead_backward(vh, h, N, dv[0], K > 1 ? dv[1] : NULL, dh);
+            int seqs[2] = {N / 2, N - N / 2};
+            valuehead_backward(vh, h, N, seqs, 2, dv[0], K > 1 ? dv[1] : NULL, dh);
             double ev = tensor_err(v1, vref[0], N, 1e-3);
             if (K > 1) ev = fmax(ev, tensor_err(v2, vref[1], N, 1e-3));
             double eh = tensor_err(dh, dhref, (size_t)N * C, 1e-3);

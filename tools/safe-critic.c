@@ -14,9 +14,11 @@
 // are all-gathered in rank order, so every rank holds the values of the whole batch and
 // computes the same reward normalisation, GAE and whitening (global statistics, no per-rank
 // whitening). Training splits each minibatch the same way: the value loss is a mean over the
-// minibatch's global token count (dloss = n_local / n_global), gradients are summed over the
-// ranks before the clip, every rank takes the same step, and rank 0 writes the records and
-// the critic. The forward is batch-invariant (lib/matmul.c), so the records equal 1 rank's.
+// minibatch's global token count (each rank divides by it, as one rank does), the gradients
+// are double sums of per-sequence terms (model.h, valuehead.h) summed over the ranks before
+// the clip, so every rank takes the step one rank takes on the whole batch (up to double
+// rounding); rank 0 writes the records and the critic. The forward is batch-invariant
+// (lib/matmul.c), so the records equal 1 rank's.
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -375,14 +377,14 @@ typedef struct {
 
 // Value loss of one head and its gradient (dv += ...).
 static ValueStats head_loss(const Options *o, const float *v, const float *v_old, const float *ret,
-                            const uint8_t *mask, size_t n, float weight, float *dv) {
+                            const uint8_t *mask, size_t n, float weight, size_t n_mean, float *dv) {
     if (strcmp(o->algo, "safe") == 0) {
         ValueStats vs = value_loss_safe_forward(v, v_old, ret, mask, n, o->vf_clip, o->huber_delta);
-        value_loss_safe_backward(v, v_old, ret, mask, n, o->vf_clip, o->huber_delta, weight, dv);
+        value_loss_safe_backward(v, v_old, ret, mask, n, o->vf_clip, o->huber_delta, weight, n_mean, dv);
         return vs;
     }
     ValueStats vs = value_loss_ppo_forward(v, v_old, ret, mask, n, o->vf_clip);
-    value_loss_ppo_backward(v, v_old, ret, mask, n, o->vf_clip, weight, dv);
+    value_loss_ppo_backward(v, v_old, ret, mask, n, o->vf_clip, weight, n_mean, dv);
     return vs;
 }
 
@@ -422,14 +424,13 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     critic_values(c, sb, hid, v1, v2);
     // each head regresses on the returns around its own recorded values; the soft-min of the
     // two is what the advantages used (pessimism at use time, two independent estimates).
-    // Means over this rank's tokens, times share, are means over the minibatch's tokens.
+    // The gradients divide by the minibatch's token count over all ranks, as one rank does.
     size_t n_local = mask_count(mask, sb->n_resp);
-    float share = n_global ? (float)((double)n_local / (double)n_global) : 0.0f;
     float w = 1.0f / heads;
-    ValueStats a = head_loss(o, v1, o1, ret, mask, sb->n_resp, w * share, dv1);
+    ValueStats a = head_loss(o, v1, o1, ret, mask, sb->n_resp, w, n_global, dv1);
     double loss = w * a.loss, clip = w * a.clip_frac;
     if (heads == 2) {
-        ValueStats b = head_loss(o, v2, o2, ret, mask, sb->n_resp, w * share, dv2);
+        ValueStats b = head_loss(o, v2, o2, ret, mask, sb->n_resp, w, n_global, dv2);
         loss += w * b.loss;
         clip += w * b.clip_frac;
     }
@@ -445,10 +446,13 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     backend_zero_grad(c->bk);
     valuehead_zero_grad(c->head);
     float *dh = xcalloc(n * C, sizeof(float));
-    valuehead_backward(c->head, hid, sb->n_resp, dv1, heads == 2 ? dv2 : NULL, dh);
+    valuehead_backward(c->head, hid, sb->n_resp, sb->resp_len, sb->B, dv1, heads == 2 ? dv2 : NULL, dh);
     backend_hidden_backward(c->bk, sb, dh);   // scattered to the predicting positions, then the backbone
     backend_allreduce_grads(c->bk, "critic backbone gradients");
-    comm_allreduce_f32(c->head->grads, c->head->n_params, COMM_SUM, "value head gradients");
+    if (comm_world() > 1) {
+        comm_allreduce_f64(c->head->grad_sum, c->head->n_params, COMM_SUM, "value head gradients");
+        valuehead_round_grads(c->head);
+    }
     const char *gnames[2] = {"backbone", "value_head"};
     const float *gbufs[2] = {backend_grads_for_dump(c->bk), c->head->grads};
     size_t glens[2] = {c->backbone->n_params, c->head->n_params};

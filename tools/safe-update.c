@@ -9,9 +9,11 @@
 //
 // Data parallel (mpirun -np W safe-update ...): every rank reads the whole input and takes
 // records [r·B/W, (r+1)·B/W) of each minibatch of B, so minibatches are those of one rank.
-// Token means are over the minibatch's GLOBAL token count (each rank's backward gets
-// dloss = n_local / n_global), κ is a global token mean, gradients are summed over the ranks
-// before clipping, so every rank takes the identical AdamW step; rank 0 writes the outputs.
+// Token means are over the minibatch's GLOBAL token count (each rank's backward divides by
+// n_global, as one rank does), κ is a sum of per-record sums taken in record order over all
+// ranks, and the gradients are double sums of per-sequence terms (model.h) summed over the
+// ranks before clipping: every rank takes the identical AdamW step, and it is the step one
+// rank takes on the whole batch up to the rounding of double sums; rank 0 writes the outputs.
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -258,7 +260,20 @@ typedef struct {
 } UpdateStats;
 
 // Sums over the ranks' slices of one minibatch (one all-reduce carries them all).
-enum { S_LOSS, S_CLIP, S_RATIO, S_ENT, S_KAPPA, S_N };
+enum { S_LOSS, S_CLIP, S_RATIO, S_ENT, S_N };
+
+// Σ_t k(ℓ_p − ℓ_q) over the minibatch's tokens, as a sum over its records in record order of
+// each record's own sum: the same bits on any number of ranks (comm_record_sum). This rank
+// holds records [b0, b0 + sb->B) of the n_mb, packed in sb.
+static double minibatch_kl_sum(const SeqBatch *sb, const float *lp, const float *lq, KLEstimator est, size_t b0,
+                               size_t n_mb, const char *what) {
+    double *per = xcalloc(n_mb, sizeof(double));
+    for (int b = 0; b < sb->B; b++)
+        per[b0 + b] = kl_estimate_sum(lp + sb->resp_off[b], lq + sb->resp_off[b], NULL, sb->resp_len[b], est);
+    double sum = comm_record_sum(per, n_mb, b0, b0 + sb->B, what);
+    free(per);
+    return sum;
+}
 
 // One optimiser step on the minibatch `rows` (n rows), of which this rank computes its slice
 // (comm_slice). Returns through st; advances trackers. Every rank ends with the same params.
@@ -275,9 +290,7 @@ static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt
     size_t n_global = 0;
     for (int i = 0; i < n_mb; i++) n_global += (size_t)full->resp_len[rows_mb[i]];
     SeqBatch *sb = records_seqbatch(s, rows, n);
-    // masked means over the local tokens, times this share, are the minibatch's global means
-    double nl = (double)sb->n_resp;
-    float share = n_global ? (float)(nl / (double)n_global) : 0.0f;
+    double nl = (double)sb->n_resp, ng = n_global ? (double)n_global : 1.0;
     size_t N = sb->n_resp ? sb->n_resp : 1;
     float *adv = xmalloc(N * sizeof(float)), *old = xmalloc(N * sizeof(float));
     float *ref = xmalloc(N * sizeof(float)), *logp = xmalloc(N * sizeof(float));
@@ -295,20 +308,20 @@ static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt
 
     // PPO clipped surrogate
     PPOStats ps = ppo_loss_forward(logp, old, adv, NULL, sb->n_resp, o->clip_eps);
-    ppo_loss_backward(logp, old, adv, NULL, sb->n_resp, o->clip_eps, share, dlogp);
+    ppo_loss_backward(logp, old, adv, NULL, sb->n_resp, o->clip_eps, 1.0f, n_global, dlogp);
     // entropy bonus
     double h_train = 0;
     entropy_bonus_forward(ent, NULL, sb->n_resp, o->ent_coef, &h_train);
-    if (o->ent_coef > 0) entropy_bonus_backward(NULL, sb->n_resp, o->ent_coef, share, dent);
-    double kappa = safe ? kl_estimate(logp, ref, NULL, sb->n_resp, o->epc.est) : 0;
+    if (o->ent_coef > 0) entropy_bonus_backward(NULL, sb->n_resp, o->ent_coef, 1.0f, n_global, dent);
+    // κ, the minibatch's token mean, feeds the gradient: the same bits on any number of ranks
+    double kappa = safe ? minibatch_kl_sum(sb, logp, ref, o->epc.est, b0, n_mb, "EPC kappa") / ng : 0;
     if (comm_world() > 1) {
-        // the minibatch's statistics and κ over all ranks: sums of the local means × counts
-        double sums[S_N], ratio_max = sb->n_resp ? ps.ratio_max : 0, ng = n_global ? (double)n_global : 1.0;
+        // the minibatch's statistics over all ranks: sums of the local means × counts
+        double sums[S_N], ratio_max = sb->n_resp ? ps.ratio_max : 0;
         sums[S_LOSS] = ps.loss * nl;
         sums[S_CLIP] = round(ps.clip_frac * nl);   // a count: exact
         sums[S_RATIO] = ps.ratio_mean * nl;
         sums[S_ENT] = h_train * nl;
-        sums[S_KAPPA] = kappa * nl;
         comm_allreduce_f64(sums, S_N, COMM_SUM, "minibatch statistics");
         comm_allreduce_f64(&ratio_max, 1, COMM_MAX, "minibatch ratio max");
         ps.loss = sums[S_LOSS] / ng;
@@ -316,14 +329,13 @@ static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt
         ps.ratio_mean = sums[S_RATIO] / ng;
         ps.ratio_max = ratio_max;
         h_train = sums[S_ENT] / ng;
-        kappa = sums[S_KAPPA] / ng;
     }
     // EPC: one-sided KL penalty above tau, scaled by the entropy gate, gradient through kappa
     // (κ is the global token mean, so every rank takes the same branch and dL/dκ)
     EPCResult er = {0};
     if (safe) {
         er = epc_forward(&o->epc, kappa, *k_short, *k_long, tau, h_roll, NULL);
-        epc_backward(&o->epc, &er, logp, ref, NULL, sb->n_resp, share, dlogp);
+        epc_backward(&o->epc, &er, logp, ref, NULL, sb->n_resp, 1.0f, n_global, dlogp);
         *k_short = er.k_short;
         *k_long = er.k_long;
     }
@@ -345,12 +357,7 @@ static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt
         // predictive step limit: KL(old || new) on this minibatch, scale the step back if too big
         float *after = xmalloc(N * sizeof(float));
         backend_logprobs(bk, sb, o->temperature, after, NULL);
-        double kl = kl_estimate(logp, after, NULL, sb->n_resp, KL_K1);
-        if (comm_world() > 1) {
-            kl *= nl;
-            comm_allreduce_f64(&kl, 1, COMM_SUM, "step-limit KL");
-            kl /= n_global ? (double)n_global : 1.0;
-        }
+        double kl = minibatch_kl_sum(sb, logp, after, KL_K1, b0, n_mb, "step-limit KL") / ng;
         scale = step_limit_scale(kl, o->step_limit);
         if (scale < 1) backend_blend(bk, (float)scale);
         free(after);

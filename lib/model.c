@@ -143,6 +143,9 @@ struct ModelActs {
     size_t pos_cap;
     float *logits;    // (N, V) separate: only when asked for
     size_t logits_cap;
+    float *row_logits;  // (rl_n, V) model_logits_rows: logits of chosen positions only
+    size_t rl_cap;
+    int *rl_rows, rl_n, rl_valid;   // which positions, and whether they belong to the last forward
     int32_t *tokens;  // (N) copy of the last forward's tokens (embedding backward)
     uint8_t *mask;    // (N) copy of the last forward's mask
     size_t tok_cap;
@@ -223,6 +226,8 @@ void model_free(Model *m) {
         free(a->seg_start);
         free(a->seg_len);
         free(a->logits);
+        free(a->row_logits);
+        free(a->rl_rows);
         free(a->tokens);
         free(a->mask);
         free(a->gbuf);
@@ -307,10 +312,11 @@ static void matmul_forward(float *out, const float *inp, const float *w, const f
 //   dbias (OC) += column sums of dout.  dinp, dw, dbias may be NULL.
 // Both products run on the NT kernel through transposed blocks of at most OB output columns,
 // so the scratch stays small even for a 32000-wide LM head. The parameter gradients dw and
-// dbias are double sums of one fp32 term per sequence (row b: the segment a->seg_*[b]), so
-// they do not depend on which sequences share the batch (model.h).
-static void matmul_backward(ModelActs *a, int B, float *dinp, double *dw, double *dbias, const float *dout,
-                            const float *inpT, const float *w, int N, int C, int OC, int accumulate_dinp) {
+// dbias are double sums of one fp32 term per sequence (segment s: the rows [seg_start[s],
+// + seg_len[s]) of the N), so they do not depend on which sequences share the batch (model.h).
+static void matmul_backward(ModelActs *a, const int *seg_start, const int *seg_len, int nseg, float *dinp,
+                            double *dw, double *dbias, const float *dout, const float *inpT, const float *w,
+                            int N, int C, int OC, int accumulate_dinp) {
     int OB = OC <= 2048 ? OC : 1024;
     a->tbuf = grow(a->tbuf, &a->tcap, (size_t)C * OB + (size_t)OB * N);
     float *wT = a->tbuf, *doutT = a->tbuf + (size_t)C * OB;
@@ -324,7 +330,7 @@ static void matmul_backward(ModelActs *a, int B, float *dinp, double *dw, double
         if (dw) {
             // out = inp @ w^T  =>  dw += dout^T @ inp: dout block (N,nb) -> doutT (nb,N)
             transpose_ld(doutT, N, dout + o0, OC, N, nb);
-            matmul_nt_segsum(dw + (size_t)o0 * C, C, doutT, N, inpT, N, nb, C, a->seg_start, a->seg_len, B);
+            matmul_nt_segsum(dw + (size_t)o0 * C, C, doutT, N, inpT, N, nb, C, seg_start, seg_len, nseg);
         }
     }
     // out = ... + bias  =>  dbias += sum_n dout[n]: per sequence in fp32, position order,
@@ -333,9 +339,9 @@ static void matmul_backward(ModelActs *a, int B, float *dinp, double *dw, double
         #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
         for (int j0 = 0; j0 < OC; j0 += 16) {
             int j1 = j0 + 16 < OC ? j0 + 16 : OC;
-            for (int b = 0; b < B; b++) {
+            for (int sg = 0; sg < nseg; sg++) {
                 float acc[16] = {0};
-                for (int n = a->seg_start[b]; n < a->seg_start[b] + a->seg_len[b]; n++)
+                for (int n = seg_start[sg]; n < seg_start[sg] + seg_len[sg]; n++)
                     for (int j = j0; j < j1; j++) acc[j - j0] += dout[(size_t)n * OC + j];
                 for (int j = j0; j < j1; j++) dbias[j] += acc[j - j0];
             }
@@ -792,6 +798,7 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
     if (B <= 0 || T <= 0) die(EXIT_USAGE, "model_forward: empty batch (B=%d, T=%d)", B, T);
     acts_prepare(m, B, T);
     ModelActs *a = m->acts;
+    a->rl_valid = 0;   // model_logits_rows' cache belonged to the previous forward
     int N = B * T, C = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, V = c->vocab_size;
     int hs = C / H, qd = H * hs, kvd = KV * hs;
     m->B = B;
@@ -874,16 +881,15 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
     }
 }
 
-void model_backward(Model *m, const float *dlogits, const float *dhidden) {
-    const ModelConfig *c = &m->cfg;
+// Checks, the sequences' segments and the backward scratch; dhid (N,C) = dhidden (or 0).
+// The scratch layout (dres, dhid, dln, ...) is the one backward_trunk reads.
+static float *backward_begin(Model *m, const float *dhidden, const char *fn) {
     ModelActs *a = m->acts;
-    if (!m->grads) die(EXIT_USAGE, "model_backward: no gradient buffer (call model_zero_grad first)");
-    if (!m->hidden) die(EXIT_USAGE, "model_backward: no forward pass to differentiate");
-    int B = m->B, T = m->T, N = B * T, C = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads;
-    int V = c->vocab_size, hs = C / H, qd = H * hs, kvd = KV * hs;
-    const ParamViews *w = &m->w;
-    const ParamViews *g = &m->g;
-
+    if (!m->grads) die(EXIT_USAGE, "%s: no gradient buffer (call model_zero_grad first)", fn);
+    if (!m->hidden) die(EXIT_USAGE, "%s: no forward pass to differentiate", fn);
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = c->dim, F = c->hidden_dim, hs = C / c->n_heads;
+    int qd = c->n_heads * hs, kvd = c->n_kv_heads * hs;
     // each row is one sequence: its tokens run from its first to its last valid position
     for (int b = 0; b < B; b++) {
         int nv = a->nvalid[b];
@@ -891,14 +897,99 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
         a->seg_start[b] = b * T + (nv ? vi[0] : 0);
         a->seg_len[b] = nv ? vi[nv - 1] - vi[0] + 1 : 0;
     }
-
     // backward scratch (one layer's worth)
     size_t NC = (size_t)N * C;
-    size_t sizes[] = {NC, NC, NC, (size_t)N * qd, (size_t)N * qd, (size_t)N * kvd, (size_t)N * kvd,
-                      (size_t)N * F, (size_t)N * F, (size_t)N * F};
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
+    size_t total = 3 * NC + 2 * (size_t)N * qd + 2 * (size_t)N * kvd + 3 * (size_t)N * F;
     a->gbuf = grow(a->gbuf, &a->gcap, total);
+    float *dhid = a->gbuf + NC;
+    if (dhidden) memcpy(dhid, dhidden, NC * sizeof(float));
+    else memset(dhid, 0, NC * sizeof(float));
+    return dhid;
+}
+
+static void backward_trunk(Model *m);
+
+void model_backward(Model *m, const float *dlogits, const float *dhidden) {
+    float *dhid = backward_begin(m, dhidden, "model_backward");
+    ModelActs *a = m->acts;
+    int B = m->B, N = B * m->T, C = m->cfg.dim, V = m->cfg.vocab_size;
+    // logits = hidden @ lm_head^T
+    if (dlogits)
+        matmul_backward(a, a->seg_start, a->seg_len, B, dhid, gsum(m, m->g.lm_head), NULL, dlogits,
+                        transposed(a, a->hidden, N, C), m->w.lm_head, N, C, V, 1);
+    backward_trunk(m);
+}
+
+// Gather hidden rows: out (n,C) = hidden[rows[i]]
+static void gather_hidden(const Model *m, int n, const int *rows, float *out) {
+    int C = m->cfg.dim;
+    for (int i = 0; i < n; i++) memcpy(out + (size_t)i * C, m->hidden + (size_t)rows[i] * C, C * sizeof(float));
+}
+
+// rows (n) must name distinct valid positions of the last forward in increasing order
+static void check_rows(const Model *m, int n, const int *rows, const char *fn) {
+    for (int i = 0; i < n; i++)
+        if (rows[i] < 0 || rows[i] >= m->B * m->T || (i && rows[i] <= rows[i - 1]) || !m->acts->mask[rows[i]])
+            die(EXIT_USAGE, "%s: row %d (position %d) is not a valid position after row %d's", fn, i, rows[i],
+                i - 1);
+}
+
+const float *model_logits_rows(Model *m, int n, const int *rows) {
+    ModelActs *a = m->acts;
+    if (!m->hidden) die(EXIT_USAGE, "model_logits_rows: no forward pass");
+    int C = m->cfg.dim, V = m->cfg.vocab_size;
+    if (a->rl_valid && a->rl_n == n && !memcmp(a->rl_rows, rows, (size_t)n * sizeof(int))) return a->row_logits;
+    check_rows(m, n, rows, "model_logits_rows");
+    float *h = xmalloc(((size_t)n * C + 1) * sizeof(float));
+    gather_hidden(m, n, rows, h);
+    a->row_logits = grow(a->row_logits, &a->rl_cap, (size_t)n * V + 1);
+    matmul_forward(a->row_logits, h, m->w.lm_head, NULL, n, C, V, 0);   // (n,V): the rows of the full logits
+    free(h);
+    free(a->rl_rows);
+    a->rl_rows = xmalloc(((size_t)n + 1) * sizeof(int));
+    memcpy(a->rl_rows, rows, (size_t)n * sizeof(int));
+    a->rl_n = n;
+    a->rl_valid = 1;
+    return a->row_logits;
+}
+
+void model_backward_rows(Model *m, int n, const int *rows, const float *dlogits, const float *dhidden) {
+    float *dhid = backward_begin(m, dhidden, "model_backward_rows");
+    ModelActs *a = m->acts;
+    int B = m->B, T = m->T, C = m->cfg.dim, V = m->cfg.vocab_size;
+    if (dlogits && n > 0) {
+        check_rows(m, n, rows, "model_backward_rows");
+        // the rows of one sequence are consecutive (increasing positions): one segment each
+        int *ss = xcalloc(B, sizeof(int)), *sl = xcalloc(B, sizeof(int));
+        for (int i = n - 1; i >= 0; i--) {
+            ss[rows[i] / T] = i;
+            sl[rows[i] / T]++;
+        }
+        float *h = xmalloc((size_t)n * C * sizeof(float)), *hT = xmalloc((size_t)n * C * sizeof(float));
+        float *drow = xmalloc((size_t)n * C * sizeof(float));
+        gather_hidden(m, n, rows, h);
+        transpose(hT, h, n, C);
+        // logits rows = hidden rows @ lm_head^T: drow (n,C), d lm_head per sequence
+        matmul_backward(a, ss, sl, B, drow, gsum(m, m->g.lm_head), NULL, dlogits, hT, m->w.lm_head, n, C, V, 0);
+        for (int i = 0; i < n; i++) {
+            float *d = dhid + (size_t)rows[i] * C;
+            const float *src = drow + (size_t)i * C;
+            for (int k = 0; k < C; k++) d[k] += src[k];
+        }
+        free(ss); free(sl); free(h); free(hT); free(drow);
+    }
+    backward_trunk(m);
+}
+
+// From dhid (the scratch of backward_begin) down to the embeddings; then the fp32 gradients.
+static void backward_trunk(Model *m) {
+    const ModelConfig *c = &m->cfg;
+    ModelActs *a = m->acts;
+    int B = m->B, T = m->T, N = B * T, C = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads;
+    int hs = C / H, qd = H * hs, kvd = KV * hs;
+    const ParamViews *w = &m->w;
+    const ParamViews *g = &m->g;
+    size_t NC = (size_t)N * C;
     float *p = a->gbuf;
     float *dres = p; p += NC;     // (N,C) gradient of the residual stream
     float *dhid = p; p += NC;     // (N,C) gradient of hidden
@@ -910,11 +1001,6 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
     float *dgate = p; p += (size_t)N * F;
     float *dh1 = p; p += (size_t)N * F;
     float *dh3 = p;
-
-    // logits = hidden @ lm_head^T
-    if (dhidden) memcpy(dhid, dhidden, NC * sizeof(float));
-    else memset(dhid, 0, NC * sizeof(float));
-    if (dlogits) matmul_backward(a, B, dhid, gsum(m, g->lm_head), NULL, dlogits, transposed(a, a->hidden, N, C), w->lm_head, N, C, V, 1);
 
     // hidden = rmsnorm(res[L])
     memset(dres, 0, NC * sizeof(float));
@@ -930,19 +1016,19 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
         const float *h1 = a->h1 + (size_t)l * N * F, *h3 = a->h3 + (size_t)l * N * F, *gate = a->gate + (size_t)l * N * F;
 
         // res_out = mid + gate @ w2^T: dres flows on to mid unchanged
-        matmul_backward(a, B, dgate, gsum(m, g->w2) + (size_t)l * C * F, NULL, dres, transposed(a, gate, N, F), w->w2 + (size_t)l * C * F, N, F, C, 0);
+        matmul_backward(a, a->seg_start, a->seg_len, B, dgate, gsum(m, g->w2) + (size_t)l * C * F, NULL, dres, transposed(a, gate, N, F), w->w2 + (size_t)l * C * F, N, F, C, 0);
         // gate = silu(h1) * h3
         swiglu_backward(dh1, dh3, dgate, h1, h3, (size_t)N * F);
         // h1 = ln2 @ w1^T, h3 = ln2 @ w3^T
         const float *ln2T = transposed(a, ln2, N, C);
-        matmul_backward(a, B, dln, gsum(m, g->w1) + (size_t)l * F * C, NULL, dh1, ln2T, w->w1 + (size_t)l * F * C, N, C, F, 0);
-        matmul_backward(a, B, dln, gsum(m, g->w3) + (size_t)l * F * C, NULL, dh3, ln2T, w->w3 + (size_t)l * F * C, N, C, F, 1);
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->w1) + (size_t)l * F * C, NULL, dh1, ln2T, w->w1 + (size_t)l * F * C, N, C, F, 0);
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->w3) + (size_t)l * F * C, NULL, dh3, ln2T, w->w3 + (size_t)l * F * C, N, C, F, 1);
         // ln2 = rmsnorm(mid)
         rmsnorm_backward(a, B, dres, gsum(m, g->ffn_norm) + (size_t)l * C, dln, mid, w->ffn_norm + (size_t)l * C,
                          a->ln2_rstd + (size_t)l * N, N, C);
 
         // mid = res + atty @ wo^T: dres flows on to res unchanged
-        matmul_backward(a, B, datty, gsum(m, g->wo) + (size_t)l * C * qd, NULL, dres, transposed(a, atty, N, qd), w->wo + (size_t)l * C * qd, N, qd, C, 0);
+        matmul_backward(a, a->seg_start, a->seg_len, B, datty, gsum(m, g->wo) + (size_t)l * C * qd, NULL, dres, transposed(a, atty, N, qd), w->wo + (size_t)l * C * qd, N, qd, C, 0);
         // atty = attention(q, k, v)
         attention_backward(dq, dk, dv, datty, q, k, v, atty, a->lse + (size_t)l * N * H, a->vidx, a->nvalid,
                            B, T, H, KV, hs);
@@ -951,11 +1037,11 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
         rope_backward(dk, a->pos, N, KV, hs, a->rope_cos, a->rope_sin);
         // q0 = ln1 @ wq^T + bq, k0 = ..., v = ...
         const float *ln1T = transposed(a, ln1, N, C);
-        matmul_backward(a, B, dln, gsum(m, g->wq) + (size_t)l * qd * C, g->bq ? gsum(m, g->bq) + (size_t)l * qd : NULL, dq, ln1T,
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wq) + (size_t)l * qd * C, g->bq ? gsum(m, g->bq) + (size_t)l * qd : NULL, dq, ln1T,
                         w->wq + (size_t)l * qd * C, N, C, qd, 0);
-        matmul_backward(a, B, dln, gsum(m, g->wk) + (size_t)l * kvd * C, g->bk ? gsum(m, g->bk) + (size_t)l * kvd : NULL, dk, ln1T,
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wk) + (size_t)l * kvd * C, g->bk ? gsum(m, g->bk) + (size_t)l * kvd : NULL, dk, ln1T,
                         w->wk + (size_t)l * kvd * C, N, C, kvd, 1);
-        matmul_backward(a, B, dln, gsum(m, g->wv) + (size_t)l * kvd * C, g->bv ? gsum(m, g->bv) + (size_t)l * kvd : NULL, dv, ln1T,
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wv) + (size_t)l * kvd * C, g->bv ? gsum(m, g->bv) + (size_t)l * kvd : NULL, dv, ln1T,
                         w->wv + (size_t)l * kvd * C, N, C, kvd, 1);
         // ln1 = rmsnorm(res)
         rmsnorm_backward(a, B, dres, gsum(m, g->attn_norm) + (size_t)l * C, dln, res, w->attn_norm + (size_t)l * C,

@@ -90,6 +90,15 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
 // relative): data-parallel ranks that sum their grad_sum in double get the one-rank
 // gradient whatever the split (tests/test_dp.sh).
 void model_backward(Model *m, const float *dlogits, const float *dhidden);
+// The same with logits at chosen positions only: rows (n) are positions b*T + t of the last
+// forward, valid and in increasing order (so each sequence's rows are consecutive), and
+// dlogits is (n, V) for those rows. Training asks for the response positions only, so the LM
+// head's product skips prompts and padding (and no (B,T,V) buffer exists).
+void model_backward_rows(Model *m, int n, const int *rows, const float *dlogits, const float *dhidden);
+// Logits (n, V) at positions rows (as above) of the last forward (run it with want_logits 0):
+// bit-identical to those rows of the full logits. The buffer is the model's, valid until the
+// next forward; asking again for the same rows returns it without recomputing.
+const float *model_logits_rows(Model *m, int n, const int *rows);
 void model_zero_grad(Model *m);       // grads and grad_sum to zero (allocated on first use)
 void model_round_grads(Model *m);     // grads = (float)grad_sum (after an all-reduce of grad_sum)
 

@@ -74,14 +74,23 @@ static int32_t *packed_targets(const SeqBatch *sb) {
     return tg;
 }
 
+// The positions whose logits predict the response tokens, in packed order: (n_resp)
+static int *pred_rows(const SeqBatch *sb) {
+    int *rows = xmalloc((sb->n_resp ? sb->n_resp : 1) * sizeof(int));
+    for (int b = 0; b < sb->B; b++)
+        for (int t = 0; t < sb->resp_len[b]; t++) rows[sb->resp_off[b] + t] = (int)seqbatch_pred_index(sb, b, t);
+    return rows;
+}
+
 void seqbatch_logprobs(Model *m, const SeqBatch *sb, float temp, float *logp, float *entropy) {
     int V = m->cfg.vocab_size;
-    model_forward(m, sb->tokens, sb->mask, sb->B, sb->T, 1);
-    // gather the predicting logits rows, then one call over all of them: (n_resp, V)
-    float *rows = xmalloc((sb->n_resp ? sb->n_resp : 1) * (size_t)V * sizeof(float));
-    seqbatch_gather(sb, m->logits, V, rows);
+    model_forward(m, sb->tokens, sb->mask, sb->B, sb->T, 0);
+    if (sb->n_resp == 0) return;
+    // logits at the predicting positions only, then one call over all of them: (n_resp, V)
+    int *rows = pred_rows(sb);
+    const float *lg = model_logits_rows(m, (int)sb->n_resp, rows);
     int32_t *tg = packed_targets(sb);
-    logprob_forward(rows, sb->n_resp, V, temp, tg, logp, entropy);
+    logprob_forward(lg, sb->n_resp, V, temp, tg, logp, entropy);
     free(tg);
     free(rows);
 }
@@ -89,16 +98,13 @@ void seqbatch_logprobs(Model *m, const SeqBatch *sb, float temp, float *logp, fl
 void seqbatch_logprobs_backward(Model *m, const SeqBatch *sb, float temp, const float *dlogp,
                                 const float *dentropy) {
     int V = m->cfg.vocab_size;
-    size_t n = sb->n_resp ? sb->n_resp : 1;
-    float *rows = xmalloc(n * (size_t)V * sizeof(float));
-    float *drows = xcalloc(n * (size_t)V, sizeof(float));
-    seqbatch_gather(sb, m->logits, V, rows);
+    size_t n = sb->n_resp;
+    int *rows = pred_rows(sb);
+    const float *lg = model_logits_rows(m, (int)n, rows);   // kept from the forward
+    float *drows = xcalloc((n ? n : 1) * (size_t)V, sizeof(float));
     int32_t *tg = packed_targets(sb);
-    logprob_backward(rows, sb->n_resp, V, temp, tg, dlogp, dentropy, drows);
-    float *dlogits = xcalloc((size_t)sb->B * sb->T * V, sizeof(float));
-    seqbatch_scatter(sb, drows, V, dlogits);
-    model_backward(m, dlogits, NULL);
-    free(dlogits);
+    logprob_backward(lg, n, V, temp, tg, dlogp, dentropy, drows);
+    model_backward_rows(m, (int)n, rows, drows, NULL);
     free(drows);
     free(tg);
     free(rows);

@@ -782,6 +782,44 @@ TEST(gradient_is_sum_of_sequences) {
     }
 }
 
+// logits and backward at chosen rows (training: the response positions) vs the full (B,T,V)
+TEST(rows_match_full) {
+    Model *m = tiny_model(0, 1, 5);
+    int B = 3, T = 12, V = m->cfg.vocab_size, C = m->cfg.dim;
+    int left[3] = {0, 4, 2}, len[3] = {12, 6, 9};
+    ObjInputs in;
+    random_inputs(&in, B, T, V, C, left, len);
+    // rows: the second half of each sequence
+    int rows[32], n = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = left[b] + len[b] / 2; t < left[b] + len[b]; t++) rows[n++] = b * T + t;
+    model_forward(m, in.tokens, in.mask, B, T, 1);
+    float *full = xmalloc((size_t)B * T * V * sizeof(float));
+    memcpy(full, m->logits, (size_t)B * T * V * sizeof(float));
+    const float *lr = model_logits_rows(m, n, rows);
+    int diff = 0;
+    for (int i = 0; i < n; i++) diff += memcmp(lr + (size_t)i * V, full + (size_t)rows[i] * V, V * sizeof(float)) != 0;
+    CHECK(diff == 0, "%d logits rows differ from the full logits", diff);
+    // the same dlogits through both backwards
+    float *dfull = xcalloc((size_t)B * T * V, sizeof(float)), *drows = xmalloc((size_t)n * V * sizeof(float));
+    for (int i = 0; i < n; i++)
+        for (int v = 0; v < V; v++) drows[(size_t)i * V + v] = dfull[(size_t)rows[i] * V + v] = (float)(rand_int(2001) - 1000) / 1000.0f;
+    model_zero_grad(m);
+    model_backward(m, dfull, NULL);
+    float *g1 = xmalloc(m->n_params * sizeof(float));
+    memcpy(g1, m->grads, m->n_params * sizeof(float));
+    model_forward(m, in.tokens, in.mask, B, T, 0);
+    model_zero_grad(m);
+    model_backward_rows(m, n, rows, drows, NULL);
+    double e = 0, gmax = max_abs(g1, m->n_params);
+    for (size_t i = 0; i < m->n_params; i++) e = fmax(e, fabs(g1[i] - m->grads[i]));
+    printf("  %d rows of %d: logits rows bit-identical; gradients max |diff| %.3g of max |grad| %.3g\n", n, B * T, e, gmax);
+    CHECK(e <= 1e-6 * gmax, "row backward differs from the full backward by %g", e);
+    free(full); free(dfull); free(drows); free(g1);
+    free_inputs(&in);
+    model_free(m);
+}
+
 // ---------------------------------------------------------------------------------------------
 // logprob: huge logits, temperature, skipped rows, backward against a double-precision formula
 
@@ -879,6 +917,7 @@ int main(void) {
     RUN(finite_differences_tiny);
     RUN(threads_1_vs_2);
     RUN(gradient_is_sum_of_sequences);
+    RUN(rows_match_full);
     RUN(logprob_stable_and_backward);
     return test_summary();
 }

@@ -98,6 +98,8 @@ $(BUILD)/lib/%.o: lib/%.c $(HEADERS)
 
 $(BUILD)/lib/comm.o: CFLAGS += $(MPI_CFLAGS)
 $(BUILD)/lib/comm_nccl.o: CFLAGS += $(NCCL_CFLAGS)
+# --version (safe_print_version) names the data-parallel transports in every tool
+$(BUILD)/lib/common.o: CFLAGS += $(if $(MPI_CFLAGS),-DSAFE_MPI) $(if $(NCCL_CFLAGS),-DSAFE_NCCL)
 
 $(BUILD)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh)
 	@mkdir -p $(dir $@)

@@ -1,9 +1,11 @@
-// common.c — dying, warnings, checked allocation and temp-file cleanup.
+// common.c — dying, warnings, checked allocation, temp-file cleanup, --version and the data folder.
 #include "common.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -111,7 +113,91 @@ double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+// SAFE_CUDA comes with every file of a CUDA build; SAFE_MPI and SAFE_NCCL, which comm.c and
+// comm_nccl.c get, are passed to this file too (Makefile), so every tool reports the same
+// build without linking the communication layer.
+void safe_print_version(const char *tool) {
+#ifdef SAFE_CUDA
+    const char *devices = "cpu cuda";
+#else
+    const char *devices = "cpu";
+#endif
+#if defined(SAFE_MPI) && defined(SAFE_NCCL)
+    const char *dp = "MPI NCCL";
+#elif defined(SAFE_MPI)
+    const char *dp = "MPI";
+#elif defined(SAFE_NCCL)
+    const char *dp = "NCCL";
+#else
+    const char *dp = "none";
+#endif
+    printf("%s %s\ndevices: %s\ndata parallel: %s\n", tool, SAFE_VERSION, devices, dp);
+}
+
+// ---- the data folder (see common.h) ----
+
+enum { DATA_PLACES = 3 };
+
+// The candidate data folders in order, with a note on where each comes from; returns how
+// many (dir[i]: PATH_MAX bytes each).
+static int data_places(char dir[DATA_PLACES][PATH_MAX], const char *note[DATA_PLACES]) {
+    const char *env = getenv("SAFE_DATA");
+    if (env && *env) {
+        snprintf(dir[0], PATH_MAX, "%s", env);
+        note[0] = "$SAFE_DATA";
+        return 1;
+    }
+    int n = 0;
+    snprintf(dir[n], PATH_MAX, "../shared/data");
+    note[n++] = "a checkout's data";
+    // the program's own directory, then its parent: PREFIX (a checkout or an install prefix)
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0 || (size_t)len >= sizeof exe - 1) return n;   // not Linux, or too long: skip
+    exe[len] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash) return n;
+    *slash = '\0';                     // EXE
+    slash = strrchr(exe, '/');
+    if (!slash) return n;
+    *slash = '\0';                     // PREFIX = EXE/.. ("" for a program in /bin)
+    char *up = strrchr(exe, '/');     // PREFIX/.. ends here
+    if (up && (size_t)snprintf(dir[n], PATH_MAX, "%.*s/shared/data", (int)(up - exe), exe) < PATH_MAX)
+        note[n++] = "beside the checkout of this program";
+    if ((size_t)snprintf(dir[n], PATH_MAX, "%s/share/safe/data", exe) < PATH_MAX)
+        note[n++] = "this program's install prefix";
+    return n;
+}
+
+char *safe_data_find(const char *rel, char *tried, size_t tried_size) {
+    char dir[DATA_PLACES][PATH_MAX], cwd[PATH_MAX];
+    const char *note[DATA_PLACES];
+    int n = data_places(dir, note);
+    size_t used = 0;
+    if (tried && tried_size) tried[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(dir[i]) + 1 + strlen(rel) + 1;
+        char *path = xmalloc(len);
+        snprintf(path, len, "%s/%s", dir[i], rel);
+        if (access(path, R_OK) == 0) return path;
+        if (tried && used < tried_size) {
+            int rel_cwd = dir[i][0] != '/' && getcwd(cwd, sizeof cwd);
+            int w = snprintf(tried + used, tried_size - used, "  %s (%s%s%s)\n", path, note[i],
+                             rel_cwd ? ", relative to " : "", rel_cwd ? cwd : "");
+            if (w > 0) used += (size_t)w < tried_size - used ? (size_t)w : tried_size - used - 1;
+        }
+        free(path);
+    }
+    return NULL;
+}
+
 const char *safe_data_dir(void) {
-    const char *d = getenv("SAFE_DATA");
-    return d && *d ? d : "../shared/data";
+    static char dir[DATA_PLACES][PATH_MAX];   // the folder returned lives here
+    const char *note[DATA_PLACES];
+    int n = data_places(dir, note);
+    for (int i = 0; i < n; i++) {
+        struct stat st;
+        if (n == 1 || (stat(dir[i], &st) == 0 && S_ISDIR(st.st_mode))) return dir[i];
+    }
+    return "../shared/data";
 }

@@ -9,6 +9,13 @@
 
 #define SAFE_VERSION "0.1.0"
 
+// --version, the same for every tool: "TOOL VERSION" on the first line, then what this build
+// can do, one "name: values" line each (the same in every tool of a build):
+//   safe-update 0.1.0
+//   devices: cpu cuda              (cuda: built with the CUDA kernels)
+//   data parallel: MPI NCCL        (the transports built in, or "none")
+void safe_print_version(const char *tool);
+
 // Exit status contract (DESIGN.md, "Conventions for every tool").
 enum {
     EXIT_OK = 0,
@@ -43,7 +50,18 @@ void tmpfile_unregister(const char *path);
 // Monotonic wall clock in seconds.
 double now_seconds(void);
 
-// Where the public input data lives: $SAFE_DATA, else "../shared/data" (relative to the
-// repository root, where tests and the demo run).
+// Where the public input data lives (the default VADER lexicon, the tests' models):
+//   $SAFE_DATA when it is set, and then only there; else the first of
+//     ../shared/data               from the current directory (a checkout's root, where the
+//                                  tests and the demo run)
+//     EXE/../../shared/data        beside the checkout whose bin/ holds the running program
+//     EXE/../share/safe/data       an installed program: PREFIX/bin -> PREFIX/share/safe/data
+//   where EXE is the directory of the running program (/proc/self/exe, symlinks resolved).
+// safe_data_find: the malloc'ed path of `rel` (e.g. "vader/vader_lexicon.txt") in the first
+// place that has it, or NULL; `tried` (may be NULL) then receives every path looked at, one
+// per line, indented by two spaces, for the caller's message.
+char *safe_data_find(const char *rel, char *tried, size_t tried_size);
+// The data folder: $SAFE_DATA, else the first of the places above that exists, else
+// "../shared/data".
 const char *safe_data_dir(void);
 #endif

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>  // strncasecmp
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -391,14 +392,60 @@ static void encode_request(Exec *s, const ScoreRequest *r, size_t *len) {
     free(line);
 }
 
-// Python's json writes NaN, Infinity and -Infinity; JSON (and jansson) have no such tokens.
-// Outside string literals, replace them by the strings "\u0000N", "\u0000I", "\u0000-"
-// (parsed with JSON_ALLOW_NUL), which json_num() below maps back.
-static char *py_json_tokens(const char *s, size_t n) {
-    char *o = xmalloc(3 * n + 1);
-    size_t k = 0;
+// Non-finite numbers in an answer. JSON has no tokens for them, so scorers write them the way
+// their language prints floats: NaN, Infinity, -Infinity (Python's json module, JavaScript),
+// nan, -nan, inf, -inf (C's printf, numpy, Rust), Inf, -Inf (R, Julia). The rule: outside
+// string literals, an optional sign followed by nan, inf or infinity in any case is a
+// non-finite number (NaN whatever its sign), and so is a JSON number beyond the range of a
+// double (1e999, -1e999: ±Infinity, as Python's json and strtod read them; jansson refuses
+// them). Each becomes a marker string (parsed with JSON_ALLOW_NUL) that json_num() maps back.
+// Strings are never numbers: "NaN" in quotes stays a string.
+// (Honest note: a scorer that sends the marker string "\u0000safe:nan" itself gets a NaN.)
+#define NONFINITE_MARK "\\u0000safe:"   // + "nan", "+inf" or "-inf", inside quotes
+static const char *const NONFINITE_NAME[3] = {"nan", "+inf", "-inf"};
+enum { NF_NONE = -1, NF_NAN = 0, NF_PINF = 1, NF_NINF = 2 };
+
+static int is_word_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+// The word w[0..n) as a non-finite value given the sign before it ('+', '-' or 0).
+static int nonfinite_word(const char *w, size_t n, char sign) {
+    if (n == 3 && strncasecmp(w, "nan", 3) == 0) return NF_NAN;
+    if ((n == 3 && strncasecmp(w, "inf", 3) == 0) || (n == 8 && strncasecmp(w, "infinity", 8) == 0))
+        return sign == '-' ? NF_NINF : NF_PINF;
+    return NF_NONE;
+}
+
+// Length of the JSON number at s[0..n): -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?; 0 if none.
+static size_t json_number_len(const char *s, size_t n) {
+    size_t i = 0;
+    if (i < n && s[i] == '-') i++;
+    if (i < n && s[i] == '0') i++;
+    else if (i < n && s[i] >= '1' && s[i] <= '9') while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    else return 0;
+    if (i + 1 < n && s[i] == '.' && s[i + 1] >= '0' && s[i + 1] <= '9') {
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        size_t j = i + 1;
+        if (j < n && (s[j] == '+' || s[j] == '-')) j++;
+        if (j < n && s[j] >= '0' && s[j] <= '9') {
+            while (j < n && s[j] >= '0' && s[j] <= '9') j++;
+            i = j;
+        }
+    }
+    return i;
+}
+
+// s[0..n) with the non-finite spellings above replaced by markers; NUL-terminated, malloc'ed.
+static char *nonfinite_tokens(const char *s, size_t n) {
+    size_t cap = 2 * n + 64, k = 0;
+    char *o = xmalloc(cap);
     int in_str = 0;
     for (size_t i = 0; i < n;) {
+        if (cap - k < 64) o = xrealloc(o, cap = 2 * cap);
         char c = s[i];
         if (in_str) {
             o[k++] = c;
@@ -408,32 +455,51 @@ static char *py_json_tokens(const char *s, size_t n) {
             continue;
         }
         if (c == '"') { in_str = 1; o[k++] = c; i++; continue; }
-        static const struct { const char *tok; const char *rep; } T[] = {
-            {"-Infinity", "\"\\u0000-\""}, {"Infinity", "\"\\u0000I\""}, {"NaN", "\"\\u0000N\""}};
-        int hit = 0;
-        for (int t = 0; t < 3 && !hit; t++) {
-            size_t l = strlen(T[t].tok);
-            if (i + l <= n && memcmp(s + i, T[t].tok, l) == 0) {
-                memcpy(o + k, T[t].rep, strlen(T[t].rep));
-                k += strlen(T[t].rep);
-                i += l;
-                hit = 1;
-            }
+        char sign = c == '+' || c == '-' ? c : 0;
+        size_t j = i + (sign != 0);
+        int nf = NF_NONE;
+        size_t len = 0;   // bytes of s taken by the value at i
+        if (j < n && is_word_char(s[j]) && !(s[j] >= '0' && s[j] <= '9')) {
+            // a word: the non-finite spellings, or something jansson judges (true, garbage)
+            size_t e = j;
+            while (e < n && is_word_char(s[e])) e++;
+            nf = nonfinite_word(s + j, e - j, sign);
+            len = e - i;
+        } else if (sign != '+' && (len = json_number_len(s + i, n - i)) > 0 &&
+                   !(i + len < n && (is_word_char(s[i + len]) || s[i + len] == '.'))) {
+            // a JSON number: overflow to ±HUGE_VAL is the only way strtod gives an infinity here
+            char buf[64], *num = len < sizeof buf ? buf : xmalloc(len + 1);
+            memcpy(num, s + i, len);
+            num[len] = '\0';
+            double x = strtod(num, NULL);
+            if (num != buf) free(num);
+            if (isinf(x)) nf = x < 0 ? NF_NINF : NF_PINF;
+        } else {
+            len = 1;
         }
-        if (!hit) o[k++] = s[i++];
+        if (nf != NF_NONE) {
+            k += (size_t)snprintf(o + k, cap - k, "\"%s%s\"", NONFINITE_MARK, NONFINITE_NAME[nf]);
+        } else {
+            if (cap - k < len + 64) o = xrealloc(o, cap = 2 * cap + len);
+            memcpy(o + k, s + i, len);
+            k += len;
+        }
+        i += len;
     }
     o[k] = '\0';
     return o;
 }
 
-// A JSON number, or one of the replaced Python tokens. 0 when it is neither.
+// A JSON number, or one of the non-finite markers. 0 when it is neither.
 static int json_num(const json_t *v, double *x) {
     if (json_is_number(v)) { *x = json_number_value(v); return 1; }
-    if (json_is_string(v) && json_string_length(v) == 2 && json_string_value(v)[0] == '\0') {
-        char t = json_string_value(v)[1];
-        if (t == 'N') { *x = NAN; return 1; }
-        if (t == 'I') { *x = INFINITY; return 1; }
-        if (t == '-') { *x = -INFINITY; return 1; }
+    static const size_t mark = 6;   // "\0safe:"
+    if (json_is_string(v) && json_string_length(v) > mark &&
+        memcmp(json_string_value(v), "\0safe:", mark) == 0) {
+        const char *t = json_string_value(v) + mark;
+        if (strcmp(t, "nan") == 0) { *x = NAN; return 1; }
+        if (strcmp(t, "+inf") == 0) { *x = INFINITY; return 1; }
+        if (strcmp(t, "-inf") == 0) { *x = -INFINITY; return 1; }
     }
     return 0;
 }
@@ -450,9 +516,10 @@ static void exec_garbage(Exec *s, const char *id, const char *why, const char *l
 // Parse one answer line (without its '\n').
 static double parse_answer(Exec *s, const char *id, const char *line, size_t n, ScoreComponents *comp) {
     while (n && is_space(line[n - 1])) n--;  // tolerate "\r\n" and trailing blanks
-    char *fixed = py_json_tokens(line, n);
+    char *fixed = nonfinite_tokens(line, n);
     json_error_t err;
-    json_t *j = json_loads(fixed, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
+    // integers as reals: a reward of 20 digits is a number, not jansson's "too big integer"
+    json_t *j = json_loads(fixed, JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &err);
     free(fixed);
     if (!j) {
         char why[256];

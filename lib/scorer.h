@@ -11,9 +11,11 @@
 //   request   {"id": "...", "prompt": "...", "response": "..."}\n   (jansson-encoded; invalid
 //             UTF-8 in the texts is replaced by U+FFFD, since JSON strings must be Unicode)
 //   answer    one line per request, in order: a number, or {"reward": x, ...} where other
-//             numeric keys become reward components. Python's json tokens NaN, Infinity and
-//             -Infinity are accepted (a NaN reward is passed through: safe-critic is the stage
-//             that stops on it).
+//             numeric keys become reward components. Non-finite numbers are numbers too:
+//             an optional sign and nan, inf or infinity in any case (NaN, Infinity, -Infinity
+//             as Python's json writes them; nan, -nan, inf, -inf as C and numpy print them),
+//             and JSON numbers beyond the double range (1e999 is +Infinity). A non-finite
+//             reward is passed through: safe-critic is the stage that stops on it.
 //   The command runs under /bin/sh -c with PYTHONUNBUFFERED=1 in its environment; it must
 //   answer each line without waiting for more input (flush after each answer). Its stderr
 //   is ours. Requests are written in batches (scorer_set_batch) while answers are read

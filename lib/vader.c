@@ -237,8 +237,8 @@ static int cp_case(uint32_t c, uint32_t *low) {
 static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f)
-        die(EXIT_BADINPUT, "%s: cannot open: %s\n  hint: the VADER files live in $SAFE_DATA/vader "
-            "(default ../shared/data, relative to the repository root)", path, strerror(errno));
+        die(EXIT_BADINPUT, "%s: cannot open: %s\n  hint: the VADER lexicon is vader/vader_lexicon.txt in the "
+            "data folder ($SAFE_DATA; see safe-score(1), ENVIRONMENT)", path, strerror(errno));
     size_t cap = 1 << 16, n = 0;
     char *buf = xmalloc(cap + 1);
     for (;;) {

@@ -40,6 +40,36 @@ check vader_prompt_response jqs "$TMP/vader_pr.safe" '
 expect_status vader_missing_lexicon 2 safe-score --vader=/nonexistent/lexicon.txt "$TMP/roll.safe"
 check vader_missing_lexicon_message grep -q '/nonexistent/lexicon.txt' "$TMP/err"
 
+# The default lexicon without SAFE_DATA: ../shared/data from the current directory, else beside
+# the checkout whose bin/ holds the program, else PREFIX/share/safe/data; run from elsewhere.
+# (Copies of the program: /proc/self/exe sees through symlinks.)
+L="$TMP/layout"
+mkdir -p "$L/tree/repo/bin" "$L/tree/shared/data/vader" "$L/prefix/bin" "$L/prefix/share/safe/data/vader" \
+    "$L/lonely/bin" "$L/away/deeper"
+for d in tree/repo prefix lonely; do cp "$SAFE_BIN/safe-score" "$L/$d/bin/"; done
+cp "$DATA/vader/vader_lexicon.txt" "$L/tree/shared/data/vader/"
+cp "$DATA/vader/vader_lexicon.txt" "$L/prefix/share/safe/data/vader/"
+lexicon_of() { safe-cat --header "$1" | jq -r '.scorer' | sed -n 's/^vader lexicon=\([^ ]*\) .*/\1/p'; }
+(cd "$L/away/deeper" && env -u SAFE_DATA "$L/tree/repo/bin/safe-score" --quiet "$TMP/roll.safe" >"$TMP/tree.safe")
+check data_beside_checkout [ "$(lexicon_of "$TMP/tree.safe")" = "$L/tree/shared/data/vader/vader_lexicon.txt" ]
+check data_beside_checkout_same_rewards sh -c "safe-cat '$TMP/tree.safe' | cmp -s - '$TMP/stdin.jsonl'"
+(cd "$L/away/deeper" && env -u SAFE_DATA "$L/prefix/bin/safe-score" --quiet "$TMP/roll.safe" >"$TMP/prefix.safe")
+check data_install_prefix [ "$(lexicon_of "$TMP/prefix.safe")" = "$L/prefix/share/safe/data/vader/vader_lexicon.txt" ]
+# the current directory's ../shared/data comes first (what the tests and the demo have always used)
+mkdir -p "$L/away/shared/data/vader" && cp "$DATA/vader/vader_lexicon.txt" "$L/away/shared/data/vader/"
+(cd "$L/away/deeper" && env -u SAFE_DATA "$L/tree/repo/bin/safe-score" --quiet "$TMP/roll.safe" >"$TMP/cwd.safe")
+check data_cwd_first [ "$(lexicon_of "$TMP/cwd.safe")" = "../shared/data/vader/vader_lexicon.txt" ]
+rm -r "$L/away/shared"
+# nowhere: exit 2, naming every path tried and how to set it
+(cd "$L/away/deeper" && expect_status data_nowhere 2 env -u SAFE_DATA "$L/lonely/bin/safe-score" "$TMP/roll.safe")
+check data_nowhere_names_paths sh -c "grep -qF '../shared/data/vader/vader_lexicon.txt (a checkout'\''s data, relative to $L/away/deeper)' '$TMP/err' &&
+    grep -qF '$L/shared/data/vader/vader_lexicon.txt' '$TMP/err' && grep -qF '$L/lonely/share/safe/data/vader/vader_lexicon.txt' '$TMP/err'"
+check data_nowhere_hint grep -q 'set SAFE_DATA.*--vader PATH' "$TMP/err"
+# SAFE_DATA is the only place looked at when set
+expect_status data_env_missing 2 env SAFE_DATA="$L/nowhere" "$L/tree/repo/bin/safe-score" "$TMP/roll.safe"
+check data_env_missing_message sh -c "grep -qF '$L/nowhere/vader/vader_lexicon.txt (\$SAFE_DATA)' '$TMP/err' &&
+    ! grep -q 'tree/shared' '$TMP/err' && grep -q 'point SAFE_DATA' '$TMP/err'"
+
 # ---- penalty and clipping -----------------------------------------------------------------
 safe-score --quiet --missing-eos-penalty 0.25 "$TMP/roll.safe" >"$TMP/pen.safe"
 check eos_penalty jqs "$TMP/pen.safe" '
@@ -81,6 +111,31 @@ check exec_nan_warns grep -q "r2" "$TMP/err"
 # msgpack float64 NaN (0xcb 7ff8...) for reward_raw and reward; safe-cat prints NaN as null
 check exec_nan_is_nan sh -c "[ \$(od -An -v -tx1 '$TMP/nan.safe' | tr -d ' \n' | grep -o 'cb7ff8000000000000' | wc -l) -eq 2 ]"
 check exec_nan_record jqs "$TMP/nan.safe" '.[1].reward == null and .[0].reward == 5'
+
+# Every spelling of a non-finite number is one (an optional sign and nan, inf or infinity in any
+# case; a number beyond the double range): written through as NaN or +-Infinity with a warning
+# naming the record, and never clipped. f64: NaN cb7ff8.., +Infinity cb7ff0.., -Infinity cbfff0..
+NAN64=cb7ff8000000000000 PINF64=cb7ff0000000000000 NINF64=cbfff0000000000000
+for c in "nan $NAN64" "-nan $NAN64" "NaN $NAN64" "inf $PINF64" "+Inf $PINF64" "Infinity $PINF64" \
+            "-inf $NINF64" "-INFINITY $NINF64" "1e999 $PINF64" "-1.5e400 $NINF64" '{"reward":-inf} '$NINF64; do
+    set -- $c
+    name=$(printf '%s' "$1" | tr -c 'A-Za-z0-9.+-' _)
+    safe-score --exec "while read -r l; do case \$l in *'\"id\":\"r2\"'*) echo '$1';; *) echo 1;; esac; done" \
+        --clip-reward 0.5 --level 0 "$TMP/roll.safe" >"$TMP/nf.safe" 2>"$TMP/err"
+    check "exec_nonfinite_${name}_passes" [ $? -eq 0 ]
+    check "exec_nonfinite_${name}_warns" grep -q "non-finite reward (first: 'r2')" "$TMP/err"
+    # reward_raw and reward (unclipped) both carry it; the other records are finite and clipped
+    check "exec_nonfinite_${name}_value" sh -c "[ \$(od -An -v -tx1 '$TMP/nf.safe' | tr -d ' \n' | grep -o '$2' | wc -l) -eq 2 ]"
+    check "exec_nonfinite_${name}_others" jqs "$TMP/nf.safe" '[.[].reward] == [0.5, null, 0.5, 0.5]'
+done
+# a string is never a number, and a non-finite word must stand alone: exit 2, naming record and field
+expect_status exec_nan_string 2 safe-score --exec "while read l; do echo '{\"reward\": \"NaN\"}'; done" "$TMP/roll.safe"
+check exec_nan_string_message grep -q "answered record 'r1' with garbage (\"reward\" is not a number)" "$TMP/err"
+for junk in '"inf"' nanx 'NaN(1)' 1e999x '- inf' '+1' 'inf inf'; do
+    expect_status "exec_garbage_$(printf '%s' "$junk" | tr -c 'A-Za-z0-9' _)" 2 \
+        safe-score --exec "while read l; do echo '$junk'; done" "$TMP/roll.safe"
+done
+check exec_garbage_lookalike_message grep -q "answered record 'r1' with garbage" "$TMP/err"
 
 # failures: exit 3 for a dead or hung scorer, 2 for garbage; messages name command and record
 expect_status exec_dies_at_once 3 safe-score --exec 'exit 7' -o "$TMP/dead.safe" "$TMP/roll.safe"

@@ -1,5 +1,5 @@
 // test_scorer.c — lib/scorer: the VADER scorer's fields and components, and the exec protocol
-// (answer forms, Python's NaN/Infinity tokens, components, batches larger than the pipes).
+// (answer forms, the spellings of non-finite numbers, components, batches larger than the pipes).
 // The failure exits (dead, hung, garbage) are covered by tests/test_safe_score.sh.
 #include <string.h>
 
@@ -103,9 +103,52 @@ TEST(exec_protocol_and_batches) {
     scorer_free(s);
 }
 
+TEST(exec_nonfinite_spellings) {
+    // One rule for non-finite rewards: an optional sign and nan / inf / infinity in any case,
+    // or a JSON number beyond the double range, is NaN or ±Infinity; a string is never a number.
+    static const struct { const char *answer; int kind; double value; } A[] = {
+        // kind: 'n' NaN, '+' +Infinity, '-' -Infinity, 'f' the finite value
+        {"NaN", 'n', 0}, {"nan", 'n', 0}, {"-nan", 'n', 0}, {"+NAN", 'n', 0},
+        {"Infinity", '+', 0}, {"-Infinity", '-', 0}, {"inf", '+', 0}, {"-inf", '-', 0},
+        {"+inf", '+', 0}, {"Inf", '+', 0}, {"-INFINITY", '-', 0},
+        {"1e999", '+', 0}, {"-1e999", '-', 0}, {"1.5E+400", '+', 0}, {"{\"reward\": -2e308}", '-', 0},
+        {"{\"reward\": nan, \"id\": \"q\"}", 'n', 0}, {"{\"reward\": -inf}", '-', 0},
+        {"1e-999", 'f', 0.0}, {"-0.5e-3", 'f', -0.0005}, {"12345678901234567890123", 'f', 1.2345678901234567e22},
+        {"{\"reward\": 7, \"note\": \"nan inf 1e999\"}", 'f', 7},
+    };
+    enum { N = sizeof A / sizeof A[0] };
+    // the command prints the answers in order: one line per request
+    char cmd[4096] = "read l; cat <<'EOF'\n";
+    for (int i = 0; i < N; i++) strcat(strcat(cmd, A[i].answer), "\n");
+    strcat(cmd, "EOF\ncat >/dev/null");
+    Scorer *s = scorer_exec(cmd);
+    scorer_set_batch(s, N);   // one batch: the answers come all at once
+    ScoreRequest req[N];
+    for (int i = 0; i < N; i++) req[i] = (ScoreRequest){.id = "q", .prompt = "", .response = "x", .response_len = 1};
+    double rw[N];
+    ScoreComponents cs[N];
+    memset(cs, 0, sizeof cs);
+    scorer_score_batch(s, req, N, rw, cs);
+    int bad = 0;
+    for (int i = 0; i < N; i++) {
+        int ok = A[i].kind == 'n' ? isnan(rw[i])
+               : A[i].kind == '+' ? isinf(rw[i]) && rw[i] > 0
+               : A[i].kind == '-' ? isinf(rw[i]) && rw[i] < 0
+               : rw[i] == A[i].value;
+        if (!ok && bad++ < 8) printf("  answer %-40s -> %g (wanted %c %g)\n", A[i].answer, rw[i], A[i].kind, A[i].value);
+    }
+    CHECK(bad == 0, "%d of %d answers read wrong", bad, (int)N);
+    int f;
+    comp_get(&cs[N - 1], "note", &f);
+    CHECK(!f && cs[N - 1].n == 0, "a string mentioning nan and inf is not a component");
+    for (int i = 0; i < N; i++) components_free(&cs[i]);
+    scorer_free(s);
+}
+
 int main(void) {
     RUN(vader_scorer);
     RUN(exec_answer_forms);
     RUN(exec_protocol_and_batches);
+    RUN(exec_nonfinite_spellings);
     return test_summary();
 }

@@ -61,12 +61,18 @@ check epc_gradient_changes_step_above_tau sh -c "! cmp -s '$TMP/epc_hot_grad/mod
 check epc_inactive_below_tau test "$(safe-cat "$TMP/epc_cold_grad.safe" | jq '.penalty == 0 and .penalty_active == false')" = true
 check epc_no_gradient_below_tau cmp -s "$TMP/epc_cold_grad/model.safetensors" "$TMP/epc_cold_detach/model.safetensors"
 
-# ---- a NaN reward stops safe-critic (exit 3, record named); a dead scorer stops safe-score ----
+# ---- a NaN or infinite reward stops safe-critic (exit 3, record named); a dead scorer stops safe-score ----
 safe-rollout --policy "$MODEL" --prompts "$PROMPTS" --num-prompts 2 --samples-per-prompt 2 --max-new-tokens 8 --seed 5 --quiet -o "$TMP/small.safe"
 safe-score --exec 'while read -r line; do echo NaN; done' --quiet -i "$TMP/small.safe" -o "$TMP/nan.safe"
 expect_status nan_reward_stops_critic 3 safe-critic --init-from "$MODEL" --quiet -i "$TMP/nan.safe" -o "$TMP/nan_adv.safe" --out-critic "$TMP/nan_critic"
 check nan_reward_message_names_record grep -q "record 0.*reward" "$TMP/err"
 check nan_reward_leaves_no_output test ! -e "$TMP/nan_adv.safe" -a ! -e "$TMP/nan_critic"
+# the same for every spelling of a non-finite reward (safe-score(1): C's and numpy's, overflow)
+for x in -inf 1e999 nan; do
+    safe-score --exec "while read -r line; do echo $x; done" --quiet -i "$TMP/small.safe" -o "$TMP/nf.safe" 2>/dev/null
+    expect_status "nonfinite_reward_${x}_stops_critic" 3 safe-critic --init-from "$MODEL" --quiet -i "$TMP/nf.safe" -o "$TMP/nf_adv.safe" --out-critic "$TMP/nf_critic"
+    check "nonfinite_reward_${x}_message_names_record" grep -q "record 0.*reward.*non-finite" "$TMP/err"
+done
 expect_status dead_scorer_exit_3 3 safe-score --exec 'exit 0' --quiet -i "$TMP/small.safe" -o "$TMP/dead.safe"
 expect_status garbage_scorer_exit_2 2 safe-score --exec 'while read -r line; do echo hello; done' --quiet -i "$TMP/small.safe" -o "$TMP/garbage.safe"
 

@@ -197,7 +197,7 @@ static void parse_args(Opts *o, int argc, char **argv) {
         case O_FORCE: o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case 'h': usage(stdout); exit(0);
-        case O_VERSION: printf("safe-cat (safe) %s\n", SAFE_VERSION); exit(0);
+        case O_VERSION: safe_print_version("safe-cat"); exit(EXIT_OK);
         default: fprintf(stderr, "Try 'safe-cat --help'.\n"); exit(EXIT_USAGE);
         }
     }

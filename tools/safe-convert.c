@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
         case O_NOTOK: no_tok = 1; break;
         case O_QUIET: quiet = 1; break;
         case O_HELP: usage(stdout); return EXIT_OK;
-        case O_VERSION: printf("safe-convert %s\n", SAFE_VERSION); return EXIT_OK;
+        case O_VERSION: safe_print_version("safe-convert"); return EXIT_OK;
         default: usage(stderr); return EXIT_USAGE;
         }
     }

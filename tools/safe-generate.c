@@ -141,7 +141,7 @@ int main(int argc, char **argv) {
         case O_DEVICE: device = optarg; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return EXIT_OK;
-        case O_VERSION: printf("safe-generate %s\n", SAFE_VERSION); return EXIT_OK;
+        case O_VERSION: safe_print_version("safe-generate"); return EXIT_OK;
         default: usage(stderr); return EXIT_USAGE;
         }
     }

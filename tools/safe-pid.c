@@ -159,7 +159,7 @@ static void parse_options(int argc, char **argv, Options *o) {
         case 'o': o->out_path = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': usage(stdout); exit(EXIT_OK);
-        case 'V': printf("safe-pid (safe) %s\n", SAFE_VERSION); exit(EXIT_OK);
+        case 'V': safe_print_version("safe-pid"); exit(EXIT_OK);
         case O_INIT: o->init = 1; break;
         case O_ALGO:
             if (strcmp(optarg, "safe") == 0) o->algo_ppo = 0;

@@ -229,7 +229,7 @@ int main(int argc, char **argv) {
         case O_TSV: tsv = 1; break;
         case O_HEADER: print_header(tsv); return EXIT_OK;
         case O_HELP: usage(stdout); return EXIT_OK;
-        case O_VERSION: printf("safe-report %s\n", SAFE_VERSION); return EXIT_OK;
+        case O_VERSION: safe_print_version("safe-report"); return EXIT_OK;
         default: usage(stderr); return EXIT_USAGE;
         }
     }

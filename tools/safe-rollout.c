@@ -108,7 +108,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_GREEDY: die(EXIT_USAGE, "greedy decoding is for evaluation only (use safe-generate --greedy); "
                                        "training rollouts must sample at a temperature > 0");
         case O_HELP: usage(stdout); exit(EXIT_OK);
-        case O_VERSION: printf("safe-rollout %s\n", SAFE_VERSION); exit(EXIT_OK);
+        case O_VERSION: safe_print_version("safe-rollout"); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
         }
     }

@@ -11,8 +11,9 @@
 //   reward_components   map name -> number (VADER: compound, pos, neg, neu; exec: the extra
 //                       numeric keys of the answer, may be empty; rm: score)
 //   reward_eos_penalty  -X, only on records whose finish is not "eos" under --missing-eos-penalty X
-// A non-finite reward from --exec is written through (with a warning at the end): safe-critic
-// is the stage that stops on it, naming the record.
+// A non-finite reward from --exec (NaN or ±Infinity in any of the spellings scorer.c reads, or
+// a number beyond the double range) is written through unclipped, with a warning at the end:
+// safe-critic is the stage that stops on it, naming the record.
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -50,13 +51,17 @@ static void usage(FILE *f) {
         "applied, reward_eos_penalty. Writes a shard of kind \"scored\".\n"
         "\n"
         "  --vader[=LEXICON]        VADER sentiment compound in [-1, 1] (the default scorer);\n"
-        "                           LEXICON defaults to $SAFE_DATA/vader/vader_lexicon.txt and may\n"
-        "                           also follow as a separate argument when it ends in .txt\n"
+        "                           LEXICON defaults to vader/vader_lexicon.txt in $SAFE_DATA, else\n"
+        "                           in ../shared/data from the current directory, beside the\n"
+        "                           program's checkout, or in PREFIX/share/safe/data; it may also\n"
+        "                           follow as a separate argument when it ends in .txt\n"
         "  --vader-emoji FILE       translate emojis with vaderSentiment's emoji_utf8_lexicon.txt\n"
         "  --score-field F          what VADER reads: response (default) or prompt+response\n"
         "  --exec CMD               external scorer run as 'sh -c CMD': JSON lines\n"
         "                           {\"id\",\"prompt\",\"response\"} in, a number or\n"
         "                           {\"reward\": x, ...} out, one line per request\n"
+        "                           (NaN, nan, inf, -Infinity, 1e999, ...: non-finite, written\n"
+        "                           through for safe-critic to stop on; see safe-score(1))\n"
         "  --exec-timeout S         seconds to wait for each answer (60)\n"
         "  --exec-batch K           requests in flight at once (16)\n"
         "  --rm DIR                 reward model: a Hugging Face LlamaForSequenceClassification /\n"
@@ -151,7 +156,7 @@ static void parse_args(int argc, char **argv, Options *o) {
             else die(EXIT_USAGE, "--rm-truncation must be right (keep the first tokens) or left (keep the last), got '%s'", optarg);
             break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
-        case O_VERSION: printf("safe-score %s\n", SAFE_VERSION); exit(EXIT_OK);
+        case O_VERSION: safe_print_version("safe-score"); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
         }
     }
@@ -272,7 +277,7 @@ int main(int argc, char **argv) {
 
     // the scorer first: a bad lexicon or command fails before any output exists
     Scorer *sc;
-    char lexbuf[4096];
+    char *lexbuf = NULL;
     if (o.rm) {
         sc = scorer_rm(o.rm, &o.rmo);
     } else if (o.exec) {
@@ -281,8 +286,19 @@ int main(int argc, char **argv) {
         scorer_set_batch(sc, o.exec_batch);
     } else {
         if (!o.lexicon) {
-            snprintf(lexbuf, sizeof lexbuf, "%s/vader/vader_lexicon.txt", safe_data_dir());
-            o.lexicon = lexbuf;
+            // the data folder's lexicon: $SAFE_DATA, else the places safe_data_find() knows
+            char tried[4 * 4096 + 512];
+            o.lexicon = lexbuf = safe_data_find("vader/vader_lexicon.txt", tried, sizeof tried);
+            const char *env = getenv("SAFE_DATA");
+            if (!o.lexicon && env && *env)
+                die(EXIT_BADINPUT, "no VADER lexicon: SAFE_DATA is set and has no vader/vader_lexicon.txt; tried\n%s"
+                    "  hint: point SAFE_DATA at the data folder (the one holding vader/), unset it to search the "
+                    "default places, or name the file with --vader PATH", tried);
+            if (!o.lexicon)
+                die(EXIT_BADINPUT, "no VADER lexicon: vader/vader_lexicon.txt is in none of the default data "
+                    "folders; tried\n%s"
+                    "  hint: set SAFE_DATA to the data folder (the one holding vader/), or name the file with "
+                    "--vader PATH", tried);
         }
         sc = scorer_vader(o.lexicon);
         scorer_set_field(sc, o.field);
@@ -343,7 +359,8 @@ int main(int argc, char **argv) {
             } else {
                 fields_drop(f, "reward_eos_penalty");   // stale from an earlier scoring
             }
-            if (o.has_clip && (reward > o.clip || reward < -o.clip)) {   // NaN stays NaN
+            // clip finite rewards only: NaN and ±Infinity stay what they are, for safe-critic
+            if (o.has_clip && isfinite(reward) && (reward > o.clip || reward < -o.clip)) {
                 reward = reward > o.clip ? o.clip : -o.clip;
                 clipped++;
             }
@@ -370,7 +387,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "safe-score: %ld records, mean reward %.6g, %ld missing-EOS penalties, %ld clipped\n",
                 done, done - nonfinite ? sum / (double)(done - nonfinite) : 0.0, penalised, clipped);
     for (int i = 0; i < k; i++) components_free(&comp[i]);
-    free(comp), free(raw), free(req), free(pend);
+    free(comp), free(raw), free(req), free(pend), free(lexbuf);
     fields_free(f);
     return EXIT_OK;
 }

@@ -1,5 +1,6 @@
-// runtime.cu — the process's GPU: device choice, the stream, checked allocation and copies,
-// the shared workspace, launch checks, timers. Every other kernels/*.cu file builds on it.
+// runtime.cu — the process's GPU: device choice, the compute stream and the communication
+// stream, checked allocation and copies, the shared workspace, launch checks, timers. Every
+// other kernels/*.cu file builds on it.
 //
 // Honest note: written and compiled without a GPU (CUDA 13.0, sm_90/sm_80); tests/gpu/run.sh
 // is its first check on real hardware.
@@ -120,6 +121,40 @@ static void *grow(void **p, size_t *cap, size_t bytes, const char *what) {
     *p = cuda_malloc(n, what);
     *cap = n;
     return *p;
+}
+
+// ---- the communication stream ------------------------------------------------------------
+// NCCL's all-reduces run on a second stream so that they overlap the backward's kernels on
+// the compute stream; one reusable event per direction orders the two (cudaStreamWaitEvent
+// takes the event's latest record at the time of the call, so reusing it is safe).
+static cudaStream_t g_comm;
+static cudaEvent_t g_ev_compute, g_ev_comm;
+
+static void comm_stream_init(void) {
+    if (g_comm) return;
+    cuda_init();
+    int least = 0, greatest = 0;   // the highest priority: NCCL's blocks start before queued compute blocks
+    CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest), "communication stream");
+    CUDA_CHECK(cudaStreamCreateWithPriority(&g_comm, cudaStreamNonBlocking, greatest), "communication stream");
+    CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_compute, cudaEventDisableTiming), "communication stream event");
+    CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_comm, cudaEventDisableTiming), "communication stream event");
+}
+
+extern "C" void *cuda_comm_stream(void) {
+    comm_stream_init();
+    return (void *)g_comm;
+}
+
+extern "C" void cuda_comm_after_compute(void) {
+    comm_stream_init();
+    CUDA_CHECK(cudaEventRecord(g_ev_compute, g_stream), "mark the compute stream for the communication stream");
+    CUDA_CHECK(cudaStreamWaitEvent(g_comm, g_ev_compute, 0), "communication stream waits for the compute stream");
+}
+
+extern "C" void cuda_compute_after_comm(void) {
+    comm_stream_init();
+    CUDA_CHECK(cudaEventRecord(g_ev_comm, g_comm), "mark the communication stream for the compute stream");
+    CUDA_CHECK(cudaStreamWaitEvent(g_stream, g_ev_comm, 0), "compute stream waits for the communication stream");
 }
 
 void *safe_workspace(size_t bytes) { return grow(&g_ws, &g_ws_cap, bytes, "kernel workspace"); }

@@ -26,6 +26,8 @@ struct Backend {
     int32_t *rows, *targets;   // (n_resp) predicting positions and response tokens of the last batch
     size_t cap;
     int nccl_up;
+    int overlap;        // -1 not decided yet, 0 one all-reduce after the backward, 1 during it
+    size_t bucket_min;  // floats per all-reduce bucket, at least (SAFE_NCCL_BUCKET_MB)
 #endif
 };
 
@@ -71,6 +73,9 @@ Backend *backend_create(Model *m, Device d, const char *who, int quiet) {
     bk->dev = d;
     bk->m = m;
     bk->who = who;
+#ifdef SAFE_CUDA
+    bk->overlap = -1;
+#endif
     if (d == DEVICE_CUDA) {
 #ifdef SAFE_CUDA
         // one GPU per rank: local rank modulo the visible GPUs, the rule comm_nccl uses
@@ -177,6 +182,61 @@ void backend_hidden_backward(Backend *bk, const SeqBatch *sb, const float *dhidd
 #endif
 }
 
+#ifdef SAFE_CUDA
+static void nccl_ready(Backend *bk) {
+    if (bk->nccl_up) return;
+    comm_nccl_init();
+    bk->nccl_up = 1;
+}
+
+// Whether the gradients are summed during the backward: several ranks, NCCL in the build,
+// and SAFE_NCCL_OVERLAP not 0. Decided once per backend, the same on every rank.
+static int overlap_on(Backend *bk) {
+    if (bk->overlap >= 0) return bk->overlap;
+    bk->overlap = 0;
+    if (comm_world() <= 1 || !comm_nccl_built()) return 0;
+    const char *v = getenv("SAFE_NCCL_OVERLAP");
+    if (v && *v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
+        die(EXIT_USAGE, "SAFE_NCCL_OVERLAP must be 0 (one all-reduce after the backward) or 1 (the default: "
+            "all-reduces during the backward), got '%s'", v);
+    double mb = 16;
+    const char *b = getenv("SAFE_NCCL_BUCKET_MB");
+    if (b && *b) {
+        char *end;
+        mb = strtod(b, &end);
+        if (*end || !(mb >= 0) || mb > 1e6)
+            die(EXIT_USAGE, "SAFE_NCCL_BUCKET_MB must be a number of MiB >= 0 (0: one all-reduce per layer), got '%s'", b);
+    }
+    int on = !(v && strcmp(v, "0") == 0);
+    // every rank must issue the same all-reduces: the settings must agree (one NCCL MAX of
+    // (x, -x) gives the largest and the smallest value of each)
+    nccl_ready(bk);
+    float h[4] = {(float)on, (float)mb, -(float)on, -(float)mb};
+    float *d = cuda_malloc(sizeof h, "NCCL settings check");
+    cuda_upload(d, h, sizeof h, "NCCL settings check");
+    comm_nccl_allreduce_f32(d, 4, COMM_MAX, cuda_comm_stream(), "SAFE_NCCL_OVERLAP and SAFE_NCCL_BUCKET_MB of the ranks");
+    cuda_download(h, d, sizeof h, "NCCL settings check");
+    cuda_free(d);
+    if (h[0] != -h[2] || h[1] != -h[3])
+        die(EXIT_USAGE, "rank %d: SAFE_NCCL_OVERLAP or SAFE_NCCL_BUCKET_MB differs between the ranks (give every "
+            "rank the same environment)", comm_rank());
+    bk->bucket_min = (size_t)(mb * 1048576.0 / sizeof(float));
+    bk->overlap = on;
+    return on;
+}
+
+// cuda_model's bucket hook: the all-reduce (sum) of one finished slice of the gradients on
+// the communication stream, after everything enqueued so far on the compute stream; it runs
+// while the compute stream goes on with the earlier layers. backend_allreduce_grads waits.
+static void nccl_bucket(void *ctx, float *dev, size_t n, const char *what) {
+    Backend *bk = ctx;
+    char w[160];
+    snprintf(w, sizeof w, "%s gradients: %s", bk->who, what);
+    cuda_comm_after_compute();
+    comm_nccl_allreduce_f32_start(dev, n, COMM_SUM, cuda_comm_stream(), w);
+}
+#endif
+
 void backend_zero_grad(Backend *bk) {
     if (bk->dev == DEVICE_CPU) {
         model_zero_grad(bk->m);
@@ -184,6 +244,11 @@ void backend_zero_grad(Backend *bk) {
     }
 #ifdef SAFE_CUDA
     cuda_model_zero_grad(bk->cm);
+    // the tools' step is zero, one backward, all-reduce: arm that backward's all-reduces
+    if (overlap_on(bk)) {
+        nccl_ready(bk);
+        cuda_model_overlap_arm(bk->cm, bk->bucket_min, nccl_bucket, bk);
+    }
 #endif
 }
 
@@ -199,9 +264,12 @@ void backend_allreduce_grads(Backend *bk, const char *what) {
 #ifdef SAFE_CUDA
     if (comm_world() <= 1) return;
     if (comm_nccl_built()) {
-        if (!bk->nccl_up) {
-            comm_nccl_init();
-            bk->nccl_up = 1;
+        nccl_ready(bk);
+        if (cuda_model_overlap_armed(bk->cm)) {
+            cuda_model_overlap_finish(bk->cm);          // the buckets the backward did not hand out
+            comm_nccl_wait(cuda_comm_stream(), what);   // all of them summed, or the comm timeout
+            cuda_compute_after_comm();                  // the clip and AdamW read the sums
+            return;
         }
         size_t n;
         float *g = cuda_model_grads_device(bk->cm, &n);

@@ -69,11 +69,25 @@ void backend_logprobs_backward(Backend *bk, const SeqBatch *sb, float temp, cons
 void backend_hidden(Backend *bk, const SeqBatch *sb, float *hidden);
 void backend_hidden_backward(Backend *bk, const SeqBatch *sb, const float *dhidden);
 
+// Zero the gradients. cuda with several ranks and NCCL: also arms the next backward to sum
+// its gradients as it goes (below), so call it once before each backward that
+// backend_allreduce_grads follows, as the tools do (zero, one backward, all-reduce).
 void backend_zero_grad(Backend *bk);
 // Sum the gradients over the ranks of comm.h (nothing with one rank). cpu: the double
 // gradient sums (model.h) in double, then rounded: the same gradient as one rank up to
 // double rounding. cuda: fp32 NCCL on the device buffer when this build has NCCL, else
 // through the host (fp32 sums, so only within fp32 reduction-order rounding of one rank).
+// With NCCL the sum overlaps the backward: as soon as the backward has written a layer's
+// last gradient, an all-reduce of that layer's slice (layers joined into buckets of at least
+// SAFE_NCCL_BUCKET_MB, 16 MiB by default, 0 one per layer: cuda_model_overlap_arm) starts on a
+// second CUDA stream, after an event on the compute stream, while the earlier layers compute;
+// this call issues the rest (the embedding, tied LM head), waits for all of them under the
+// comm timeout, and makes the compute stream wait for them before the clip and AdamW. The
+// result is the one-call all-reduce's up to fp32 summation order (bit for bit with 2 ranks).
+// SAFE_NCCL_OVERLAP=0 instead sums the whole buffer in one call after the backward; every
+// rank must see the same SAFE_NCCL_OVERLAP and SAFE_NCCL_BUCKET_MB (checked at the first
+// zeroing: exit 1). Honest note: compiled and checked on the CPU emulator only, not yet run
+// on GPUs (tests/gpu/multi_gpu.sh compares the two modes on 2 or more).
 void backend_allreduce_grads(Backend *bk, const char *what);
 // The gradients in model.h's layout on the host when $SAFE_DUMP_GRADS is set (for
 // comm_dump_grads; cuda downloads them), else m->grads on the CPU and NULL on cuda.

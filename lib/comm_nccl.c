@@ -132,6 +132,21 @@ void comm_nccl_allreduce_f32(float *dev, size_t n, CommOp op, void *stream, cons
     nccl_wait(rc, "allreduce", what, s, 1);
 }
 
+// Enqueue only: nccl_wait without the stream returns once the communicator leaves
+// ncclInProgress (NCCL's rule for a non-blocking communicator before its next call).
+void comm_nccl_allreduce_f32_start(float *dev, size_t n, CommOp op, void *stream, const char *what) {
+    if (!nccl_up) die(EXIT_RUNTIME, "internal error: comm_nccl_allreduce_f32_start (%s) before comm_nccl_init", what);
+    if (n == 0) return;
+    ncclRedOp_t rop = op == COMM_AVG ? ncclAvg : op == COMM_MAX ? ncclMax : op == COMM_MIN ? ncclMin : ncclSum;
+    ncclResult_t rc = ncclAllReduce(dev, dev, n, ncclFloat32, rop, nccl, (cudaStream_t)stream);
+    nccl_wait(rc, "allreduce", what, (cudaStream_t)stream, 0);
+}
+
+void comm_nccl_wait(void *stream, const char *what) {
+    if (!nccl_up) die(EXIT_RUNTIME, "internal error: comm_nccl_wait (%s) before comm_nccl_init", what);
+    nccl_wait(ncclSuccess, "allreduce", what, (cudaStream_t)stream, 1);
+}
+
 void comm_nccl_finalize(void) {
     if (!nccl_up) return;
     nccl_wait(ncclCommFinalize(nccl), "finalize", "NCCL communicator", 0, 0);
@@ -147,6 +162,13 @@ int comm_nccl_device(void) { return -1; }
 void comm_nccl_init(void) { die(EXIT_USAGE, NO_NCCL); }
 void comm_nccl_allreduce_f32(float *dev, size_t n, CommOp op, void *stream, const char *what) {
     (void)dev; (void)n; (void)op; (void)stream; (void)what;
+    die(EXIT_USAGE, NO_NCCL);
+}
+void comm_nccl_allreduce_f32_start(float *dev, size_t n, CommOp op, void *stream, const char *what) {
+    comm_nccl_allreduce_f32(dev, n, op, stream, what);
+}
+void comm_nccl_wait(void *stream, const char *what) {
+    (void)stream; (void)what;
     die(EXIT_USAGE, NO_NCCL);
 }
 void comm_nccl_finalize(void) {}

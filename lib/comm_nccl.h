@@ -9,6 +9,14 @@
 //   comm_nccl_allreduce_f32(grads_dev, n, COMM_SUM, stream, "policy gradients");
 //   comm_nccl_finalize();
 //
+// Overlap with the backward (backend.c): the gradients are summed in buckets, contiguous
+// slices of the device buffer that the backward has finished (one or more layers, from the
+// last layer down), each issued with comm_nccl_allreduce_f32_start on a second stream
+// (cuda_comm_stream) after an event on the compute stream, so the sums run while the earlier
+// layers' backward computes; comm_nccl_wait then waits for all of them. Buckets split
+// nothing NCCL sums together, so the result is the one-call all-reduce's up to fp32
+// summation order (bit for bit with 2 ranks: a + b is a + b in any algorithm).
+//
 // The communicator's unique id comes from rank 0: broadcast over MPI when MPI is up (mpirun,
 // srun --mpi=pmix), else through the file $SAFE_NCCL_ID_FILE on a filesystem every rank sees
 // (rank 0 writes it atomically, the others wait for it up to the timeout, rank 0 removes it
@@ -35,6 +43,14 @@ int comm_nccl_device(void);       // -1 before comm_nccl_init
 // `stream` (a cudaStream_t; NULL = the legacy default stream). Returns once the result is in
 // dev. COMM_AVG is ncclAvg.
 void comm_nccl_allreduce_f32(float *dev, size_t n, CommOp op, void *stream, const char *what);
+// The same all-reduce, issued without waiting for it: returns once NCCL has accepted it
+// (enqueued on `stream`), before it has run. dev must not be read or written until
+// comm_nccl_wait(stream) returns. Every rank must issue the same all-reduces (sizes, ops) in
+// the same order, as with every collective.
+void comm_nccl_allreduce_f32_start(float *dev, size_t n, CommOp op, void *stream, const char *what);
+// Wait until everything issued on `stream` has completed: the same polling, deadline (the
+// comm timeout) and messages as comm_nccl_allreduce_f32, `what` naming the batch of calls.
+void comm_nccl_wait(void *stream, const char *what);
 void comm_nccl_finalize(void);
 
 #endif

@@ -2,8 +2,9 @@
 //
 // C files include this only under #ifdef SAFE_CUDA (the Makefile defines it when nvcc built
 // kernels/). Every pointer argument named for a tensor is DEVICE memory unless it says
-// "host". Every function enqueues its work on the one stream of the process (cuda_init) and
-// returns without waiting, except where it returns a value computed on the device.
+// "host". Every function enqueues its work on the compute stream of the process (cuda_init)
+// and returns without waiting, except where it returns a value computed on the device. Only
+// NCCL uses the second, communication stream (cuda_comm_stream).
 //
 // Precision contract (DESIGN.md "Compute", SAFE-SPEC "Notation"):
 //   bf16 (the type below: raw bfloat16 bits) for weight copies, GEMM inputs, attention
@@ -61,6 +62,12 @@ void cuda_copy(void *dst, const void *src, size_t bytes, const char *what);     
 void cuda_zero(void *p, size_t bytes, const char *what);
 void cuda_poison(void *p, size_t bytes);              // tests: every byte 0xFF (NaN as f32 and bf16)
 void cuda_sync(const char *what);
+// The communication stream (a cudaStream_t, for NCCL): a second, non-blocking stream of the
+// highest priority, created by the first of these calls. Work on it overlaps the compute
+// stream's; the two are ordered only through these events:
+void *cuda_comm_stream(void);
+void cuda_comm_after_compute(void);   // comm stream waits for all compute work enqueued so far
+void cuda_compute_after_comm(void);   // compute stream waits for all comm work enqueued so far
 // Benchmarks: milliseconds of device time between two marks on the stream.
 typedef struct CudaTimer CudaTimer;
 CudaTimer *cuda_timer_start(void);

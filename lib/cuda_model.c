@@ -33,6 +33,12 @@ typedef struct {
     size_t anorm, wqkv, bqkv, wo, fnorm, w13, w2;   // device offsets of one layer's tensors
 } LayerOff;
 
+typedef struct {
+    size_t off, n;   // a slice of the device gradients
+    int ready;       // final after stage `ready` of the backward (see overlap_plan)
+    char what[96];   // "layers 4-7", for error messages
+} GradBucket;
+
 struct CudaModel {
     ModelConfig cfg;
     int C, F, L, H, KV, V, hs, qd, kvd, QKV;
@@ -75,6 +81,13 @@ struct CudaModel {
     bf16 *hid16, *dlogits16;
     float *logits, *stats, *logp_dev, *ent_dev, *dlogp_dev, *dent_dev, *dhid_rows;
     float row_temp;
+
+    // summing gradients during the backward (cuda_model_overlap_arm)
+    CudaGradBucketFn ov_fn;
+    void *ov_ctx;
+    GradBucket *ov_b;
+    int ov_nb, ov_next;            // buckets planned, handed out
+    size_t ov_min;                 // the plan's min_floats
 
     // decoding scratch
     size_t cap_tok;
@@ -235,7 +248,7 @@ void cuda_model_free(CudaModel *cm) {
     cuda_free(cm->csr_dev);
     cuda_free(cm->p); cuda_free(cm->p16); cuda_free(cm->g); cuda_free(cm->m); cuda_free(cm->v); cuda_free(cm->snap);
     cuda_free(cm->cos_t); cuda_free(cm->sin_t);
-    free(cm->seg); free(cm->lay);
+    free(cm->seg); free(cm->lay); free(cm->ov_b);
     free(cm->h_uniq); free(cm->h_off); free(cm->h_pos); free(cm->h_tok); free(cm->h_mask);   // h_pos_ids lives in h_tok
     free(cm);
 }
@@ -447,9 +460,94 @@ void cuda_model_logprob_rows(CudaModel *cm, int n, const int32_t *rows, const in
 }
 
 // ---------------------------------------------------------------------------------------------
+// gradient buckets for summing during the backward (cuda_model.h)
+//
+// Stages of the backward, in order: cm->L after the final norm (the untied LM head is
+// written before it), l after layer l (L-1 down to 0), -1 after the embedding, the end. The
+// units that become final at each stage tile the device buffer, top down:
+//   stage L: [off_fnorm, n_dev)            final norm and untied LM head
+//   stage l: [lay[l].anorm, next layer's)  layer l (the last layer's ends at off_fnorm)
+//   stage -1: [0, lay[0].anorm)            token embedding and tied LM head
+// A bucket gathers units until it holds min floats (the last one takes what is left), so it
+// is one contiguous slice, final at the stage of its lowest unit.
+
+static void bucket_name(GradBucket *b, int tail, int hi, int lo, int emb, int tied) {
+    char lay[32] = "";
+    if (hi >= 0 && hi == lo) snprintf(lay, sizeof lay, "layer %d", lo);
+    else if (hi >= 0) snprintf(lay, sizeof lay, "layers %d-%d", lo, hi);
+    snprintf(b->what, sizeof b->what, "%s%s%s%s%s", emb ? (tied ? "embedding and tied LM head" : "embedding") : "",
+             emb && *lay ? ", " : "", lay, tail && (emb || *lay) ? ", " : "",
+             tail ? (tied ? "final norm" : "final norm and LM head") : "");
+}
+
+static void overlap_plan(CudaModel *cm, size_t min) {
+    if (cm->ov_b && cm->ov_min == min) return;
+    free(cm->ov_b);
+    cm->ov_b = xcalloc((size_t)cm->L + 2, sizeof(GradBucket));
+    cm->ov_nb = 0;
+    cm->ov_min = min;
+    size_t end = cm->n_dev;   // the pending bucket is [start of its lowest unit, end)
+    int tail = 0, hi = -1, lo = -1;
+    for (int stage = cm->L; stage >= -1; stage--) {
+        size_t start = stage == cm->L ? cm->off_fnorm : stage >= 0 ? cm->lay[stage].anorm : 0;
+        if (stage == cm->L) tail = 1;
+        else if (stage >= 0) { if (hi < 0) hi = stage; lo = stage; }
+        if (end - start < min && stage > -1) continue;
+        GradBucket *b = &cm->ov_b[cm->ov_nb++];
+        b->off = start;
+        b->n = end - start;
+        b->ready = stage;
+        bucket_name(b, tail, hi, lo, stage == -1, cm->cfg.tied);
+        end = start;
+        tail = 0;
+        hi = lo = -1;
+    }
+    if (end != 0) die(EXIT_RUNTIME, "internal error: the gradient buckets leave %zu floats uncovered", end);
+}
+
+// Hand out the buckets that are final once stage `stage` of the backward has been enqueued.
+static void overlap_ready(CudaModel *cm, int stage) {
+    if (!cm->ov_fn) return;
+    while (cm->ov_next < cm->ov_nb && cm->ov_b[cm->ov_next].ready >= stage) {
+        const GradBucket *b = &cm->ov_b[cm->ov_next++];
+        cm->ov_fn(cm->ov_ctx, cm->g + b->off, b->n, b->what);
+    }
+}
+
+void cuda_model_overlap_arm(CudaModel *cm, size_t min_floats, CudaGradBucketFn fn, void *ctx) {
+    if (!cm->g) die(EXIT_USAGE, "cuda_model_overlap_arm: no gradient buffer (call cuda_model_zero_grad first)");
+    if (cm->ov_fn && cm->ov_next > 0)
+        die(EXIT_RUNTIME, "internal error: cuda_model_overlap_arm while %d gradient buckets of the last backward are "
+            "still out (cuda_model_overlap_finish first)", cm->ov_next);
+    overlap_plan(cm, min_floats);
+    cm->ov_fn = fn;
+    cm->ov_ctx = ctx;
+    cm->ov_next = 0;
+}
+
+int cuda_model_overlap_armed(const CudaModel *cm) { return cm->ov_fn != NULL; }
+
+void cuda_model_overlap_finish(CudaModel *cm) {
+    overlap_ready(cm, -1);
+    cm->ov_fn = NULL;
+    cm->ov_ctx = NULL;
+    cm->ov_next = 0;
+}
+
+// Nothing may touch the gradients while buckets of them are being summed over the ranks:
+// cuda_model_overlap_finish, then the caller's wait, comes first.
+static void overlap_guard(const CudaModel *cm, const char *doing) {
+    if (cm->ov_fn && cm->ov_next > 0)
+        die(EXIT_RUNTIME, "internal error: %s while %d gradient buckets of the last backward are being summed over "
+            "the ranks (one backward per backend_allreduce_grads; SAFE_NCCL_OVERLAP=0 turns the overlap off)", doing,
+            cm->ov_next);
+}
+
+// ---------------------------------------------------------------------------------------------
 // backward
 
 static void need_grads(CudaModel *cm) {
+    overlap_guard(cm, "gradients used");
     if (!cm->g) die(EXIT_USAGE, "cuda_model: backward without a gradient buffer (call cuda_model_zero_grad first)");
 }
 
@@ -462,6 +560,7 @@ static void backward_from_dhidden(CudaModel *cm) {
     cuda_zero(cm->dres, (size_t)N * C * sizeof(float), "residual gradient");
     cuda_rmsnorm_backward(cm->dres, cm->dres16, cm->g + cm->off_fnorm, cm->dhidden, LNC(cm->res, cm->L),
                           cm->p + cm->off_fnorm, cm->rstdf, N, C);
+    overlap_ready(cm, cm->L);   // final norm (and the untied head, written by the caller)
     for (int l = cm->L - 1; l >= 0; l--) {
         const LayerOff *y = &cm->lay[l];
         const float *res = LNC(cm->res, l), *mid = LNC(cm->mid, l);
@@ -494,6 +593,7 @@ static void backward_from_dhidden(CudaModel *cm) {
         // ln1 = rmsnorm(res)
         cuda_rmsnorm_backward(cm->dres, cm->dres16, cm->g + y->anorm, cm->dln, res, cm->p + y->anorm,
                               cm->rstd1 + (size_t)l * N, N, C);
+        overlap_ready(cm, l);   // layer l's gradients are written: its all-reduce can start
     }
     // x = tok_emb[token]: each token's rows in position order, one block per token
     if (cm->n_uniq > 0) {
@@ -516,6 +616,7 @@ static void backward_from_dhidden(CudaModel *cm) {
 }
 
 void cuda_model_logprob_rows_backward(CudaModel *cm, const float *dlogp, const float *dentropy) {
+    overlap_guard(cm, "a second backward");
     need_grads(cm);
     int n = cm->nrows, C = cm->C, V = cm->V;
     if (n <= 0) die(EXIT_USAGE, "cuda_model_logprob_rows_backward: no log-prob rows to differentiate");
@@ -533,6 +634,7 @@ void cuda_model_logprob_rows_backward(CudaModel *cm, const float *dlogp, const f
 }
 
 void cuda_model_hidden_rows_backward(CudaModel *cm, int n, const int32_t *rows, const float *dhidden) {
+    overlap_guard(cm, "a second backward");
     need_grads(cm);
     if (n <= 0) return;
     rows_prepare(cm, n, rows, NULL);
@@ -546,16 +648,19 @@ void cuda_model_hidden_rows_backward(CudaModel *cm, int n, const int32_t *rows, 
 // gradients and the optimiser
 
 void cuda_model_zero_grad(CudaModel *cm) {
+    overlap_guard(cm, "zeroing the gradients");
     if (!cm->g) cm->g = cuda_malloc(cm->n_dev * sizeof(float), "gradients (fp32)");
     cuda_zero(cm->g, cm->n_dev * sizeof(float), "gradients");
 }
 
 void cuda_model_download_grads(const CudaModel *cm, float *host) {
+    overlap_guard(cm, "gradients downloaded");
     if (!cm->g) die(EXIT_USAGE, "cuda_model: no gradients yet");
     to_host(cm, host, cm->g, "gradients");
 }
 
 void cuda_model_upload_grads(CudaModel *cm, const float *host) {
+    overlap_guard(cm, "gradients uploaded");
     if (!cm->g) cm->g = cuda_malloc(cm->n_dev * sizeof(float), "gradients (fp32)");
     to_device(cm, cm->g, host, "gradients");
 }

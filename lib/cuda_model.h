@@ -81,6 +81,27 @@ void cuda_model_adamw_download(const CudaModel *cm, AdamW *opt);   // moments ->
 void cuda_model_snapshot(CudaModel *cm);
 void cuda_model_blend(CudaModel *cm, float s);
 
+// ---- summing the gradients while the backward runs (data parallelism) ----
+//
+// Armed, the next backward hands fn each gradient bucket as soon as the kernel that writes its
+// last gradient has been enqueued: a contiguous slice of the buffer of cuda_model_grads_device,
+// so that an all-reduce of it overlaps the rest of the backward. The buckets tile that buffer
+// exactly once, in an order fixed by the model and min_floats alone (every rank makes the same
+// list): the final norm (with the LM head when it is not tied; written first), the layers from
+// the last to the first, then the token embedding (with the tied LM head, which the backward
+// writes first and last), each slice joined to the next until it holds min_floats (0: one
+// bucket per layer). The last bucket, and any the backward did not reach (a rank without
+// response tokens runs no backward), go out from cuda_model_overlap_finish, in the same order.
+// fn runs on the caller's thread while the backward is being enqueued; its slice is final once
+// the work enqueued on the compute stream so far has run, so fn orders its use after that
+// (cuda_comm_after_compute for the communication stream), and the caller must not read or
+// write the gradients until the buckets' work has completed. One backward per arming: a
+// second one, or cuda_model_zero_grad, while buckets are out stops with an internal error.
+typedef void (*CudaGradBucketFn)(void *ctx, float *dev, size_t n, const char *what);
+void cuda_model_overlap_arm(CudaModel *cm, size_t min_floats, CudaGradBucketFn fn, void *ctx);
+int cuda_model_overlap_armed(const CudaModel *cm);
+void cuda_model_overlap_finish(CudaModel *cm);   // the buckets not yet handed out; disarms
+
 // ---- KV-cached decoding ----
 
 CudaKV *cuda_kv_create(CudaModel *cm, int B, int T_max);

@@ -8,7 +8,9 @@
 // Rank r fills x[i] = value(r, i), a function every rank can evaluate for every other rank,
 // so each rank computes the exact sum over the ranks in double (the reference) and compares
 // NCCL's fp32 result with it: |nccl − ref| ≤ 1e-6 · max|ref| (a sum of G fp32 values rounds
-// at ~G·6e-8). Under MPI it also compares with comm_allreduce_f32 (the CPU path). Then AVG
+// at ~G·6e-8). The same sum in five buckets issued with comm_nccl_allreduce_f32_start on a
+// second stream and one comm_nccl_wait (the gradients' overlap with the backward) must match
+// too. Under MPI it also compares with comm_allreduce_f32 (the CPU path). Then AVG
 // and MAX, and a bandwidth line for a 256 MiB buffer. Rank 0 prints PASS/FAIL lines; a
 // check fails when it fails on any rank (the verdicts are reduced with NCCL MAX).
 #ifndef SAFE_NCCL
@@ -86,6 +88,37 @@ int main(void) {
     }
     snprintf(name, sizeof name, "nccl_sum_%d_ranks_matches_exact_sum", W);
     verdict(name, worst > 1e-6 * scale, dflag);
+
+    // ---- the same sum in uneven buckets, issued without waiting on a second stream and then
+    // waited for once (how backend.c overlaps the gradients' sum with the backward): the exact
+    // sum again, and with 1 or 2 ranks the one-call result bit for bit (a + b in any order) ----
+    {
+        cudaStream_t cs;
+        CUDA_CHECK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaMemcpy(d, x, n * sizeof(float), cudaMemcpyHostToDevice));
+        size_t cut[] = {n, n - n / 3, n / 2 + 5, n / 7, 1000, 0};   // top down, as the backward hands them out
+        for (int k = 0; k + 1 < (int)(sizeof cut / sizeof cut[0]); k++)
+            comm_nccl_allreduce_f32_start(d + cut[k + 1], cut[k] - cut[k + 1], COMM_SUM, cs, "bucketed sum");
+        comm_nccl_wait(cs, "bucketed sum");
+        float *bk = xmalloc(n * sizeof(float));
+        CUDA_CHECK(cudaMemcpy(bk, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+        double bworst = 0, vs_one = 0;
+        for (size_t i = 0; i < n; i++) {
+            bworst = fmax(bworst, fabs(bk[i] - ref[i]));
+            vs_one = fmax(vs_one, fabs((double)bk[i] - got[i]));
+        }
+        if (r == 0)
+            printf("  bucketed sum (5 buckets, second stream): largest error %.3e of max|sum|, vs the one-call "
+                   "sum %.3e\n", bworst / scale, vs_one / scale);
+        snprintf(name, sizeof name, "nccl_bucketed_sum_%d_ranks_matches_exact_sum", W);
+        verdict(name, bworst > 1e-6 * scale, dflag);
+        if (W <= 2) {
+            snprintf(name, sizeof name, "nccl_bucketed_sum_%d_ranks_equals_one_call", W);
+            verdict(name, vs_one != 0, dflag);
+        }
+        CUDA_CHECK(cudaStreamDestroy(cs));
+        free(bk);
+    }
 
     // ---- the CPU path (MPI) gives the same sums within fp32 rounding ----
     if (ci->mpi) {

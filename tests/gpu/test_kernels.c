@@ -882,6 +882,52 @@ static void check_pair(const char *name, const char *shape, const float *got, co
     free(r);
 }
 
+// The gradient buckets of cuda_model_overlap_arm (what data parallelism all-reduces during the
+// backward), checked without a second GPU: a stand-in for the all-reduce doubles each bucket
+// on the compute stream when it is handed out, as the sum over two ranks that hold the same
+// gradients would. A kernel that wrote into a bucket after it went out leaves its share
+// undoubled, and a bucket missed or handed out twice leaves x1 or x4, so the gradients must
+// be exactly twice the plain backward's. The buckets must tile the buffer top down.
+typedef struct {
+    float *base;
+    size_t low;       // the lowest offset handed out so far (the buffer's size at first)
+    int n, tiled;
+} Buckets;
+
+static void bucket_double(void *ctx, float *dev, size_t n, const char *what) {
+    Buckets *b = ctx;
+    size_t off = (size_t)(dev - b->base);
+    if (n == 0 || off + n != b->low) b->tiled = 0;   // each ends where the one before began
+    b->low = off;
+    b->n++;
+    printf("    bucket %d: [%zu, %zu) %s\n", b->n, off, off + n, what);
+    cuda_scale(dev, n, 2.0f);
+}
+
+static void buckets_arm(CudaModel *cm, size_t min, Buckets *b) {
+    size_t n;
+    *b = (Buckets){.base = cuda_model_grads_device(cm, &n), .low = n, .tiled = 1};
+    cuda_model_overlap_arm(cm, min, bucket_double, b);
+}
+
+// after cuda_model_overlap_finish: the gradients (model.h layout) against 2 x plain
+static void buckets_check(CudaModel *cm, Buckets *b, const float *plain, size_t n, const char *name, const char *shape) {
+    float *got = xmalloc(n * sizeof(float));
+    cuda_model_download_grads(cm, got);
+    size_t bad = 0, at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double want = 2.0 * plain[i];
+        if (!(fabs(got[i] - want) <= 1e-6 * fabs(want))) { if (!bad) at = i; bad++; }
+    }
+    int ok = bad == 0 && b->tiled && b->low == 0;
+    printf("  %s: %d buckets%s, %zu of %zu gradients not 2x the plain backward's", name, b->n,
+           b->tiled && b->low == 0 ? " tiling the buffer" : " NOT TILING THE BUFFER", bad, n);
+    if (bad) printf(" (first at %zu: %.6g vs 2 x %.6g)", at, got[at], plain[at]);
+    printf(" %s\n", ok ? "ok" : "FAIL");
+    record(name, shape, (double)bad, 0, ok);
+    free(got);
+}
+
 static void test_model(ModelConfig cfg, const char *label) {
     printf("== model %s (dim %d, layers %d, heads %d/%d, hidden %d, vocab %d%s%s)\n", label, cfg.dim, cfg.n_layers,
            cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim, cfg.vocab_size, cfg.qkv_bias ? ", qkv bias" : "",
@@ -915,10 +961,11 @@ static void test_model(ModelConfig cfg, const char *label) {
     // forward: hidden and logits at the response rows; log-probs and entropies
     float temp = 0.9f;
     float *clp = xmalloc(nr * 4), *cen = xmalloc(nr * 4), *glp = xmalloc(nr * 4), *gen = xmalloc(nr * 4);
-    seqbatch_logprobs(m, sb, temp, clp, cen);
     float *chid = xmalloc(nr * C * 4), *clog = xmalloc(nr * V * 4);
+    model_forward(m, sb->tokens, sb->mask, sb->B, sb->T, 1);   // every position's logits
     seqbatch_gather(sb, m->hidden, C, chid);
     seqbatch_gather(sb, m->logits, V, clog);
+    seqbatch_logprobs(m, sb, temp, clp, cen);   // its own forward, which the backward below follows
     cuda_model_forward(cm, sb->tokens, sb->mask, sb->B, sb->T);
     float *ghid = xmalloc(nr * C * 4), *glog = xmalloc(nr * V * 4);
     cuda_model_hidden_rows(cm, (int)nr, rows, ghid);
@@ -959,6 +1006,31 @@ static void test_model(ModelConfig cfg, const char *label) {
     record("model all gradients (logprob path)", shape, rel(gg, m->grads, m->n_params), 5e-2,
            rel(gg, m->grads, m->n_params) <= 5e-2);
 
+    // the same backward with its gradient buckets handed out as they become final: one per
+    // layer, then merged ones (at least a third of the buffer each)
+    size_t ndev;
+    cuda_model_grads_device(cm, &ndev);
+    for (int pass = 0; pass < 2; pass++) {
+        cuda_model_forward(cm, sb->tokens, sb->mask, sb->B, sb->T);
+        cuda_model_logprob_rows(cm, (int)nr, rows, tg, temp, glp, gen);
+        cuda_model_zero_grad(cm);
+        Buckets bk;
+        buckets_arm(cm, pass == 0 ? 0 : ndev / 3, &bk);
+        cuda_model_logprob_rows_backward(cm, dl, de);
+        cuda_model_overlap_finish(cm);
+        buckets_check(cm, &bk, gg, m->n_params, pass == 0 ? "model overlap buckets (per layer)" :
+                      "model overlap buckets (merged)", shape);
+    }
+    {   // a rank without tokens runs no backward: finish hands out every bucket, in order
+        cuda_model_zero_grad(cm);
+        Buckets bk;
+        buckets_arm(cm, 0, &bk);
+        cuda_model_overlap_finish(cm);
+        int ok = bk.tiled && bk.low == 0 && bk.n == cfg.n_layers + 2;
+        printf("  no backward: finish hands out %d buckets%s %s\n", bk.n, ok ? ", tiling the buffer" : "", ok ? "ok" : "FAIL");
+        record("model overlap buckets (no backward)", shape, ok ? 0 : 1, 0, ok);
+    }
+
     // backward from d(hidden) — the critic's path
     float *dh = rand_f32(nr * C, 1.0f);
     model_forward(m, sb->tokens, sb->mask, sb->B, sb->T, 0);
@@ -973,6 +1045,15 @@ static void test_model(ModelConfig cfg, const char *label) {
     double rh = rel(gg, m->grads, m->n_params);
     printf("  hidden-path gradients: rel %.3e\n", rh);
     record("model all gradients (hidden path)", shape, rh, 5e-2, rh <= 5e-2);
+    {   // the critic's path with its buckets handed out as they become final
+        cuda_model_forward(cm, sb->tokens, sb->mask, sb->B, sb->T);
+        cuda_model_zero_grad(cm);
+        Buckets bk;
+        buckets_arm(cm, 0, &bk);
+        cuda_model_hidden_rows_backward(cm, (int)nr, rows, dh);
+        cuda_model_overlap_finish(cm);
+        buckets_check(cm, &bk, gg, m->n_params, "model overlap buckets (hidden path)", shape);
+    }
 
     // AdamW on identical gradients: the device step equals the host's
     AdamWConfig ac = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f};

@@ -22,6 +22,11 @@ struct CudaTimer { double t; };
 extern "C" CudaTimer *cuda_timer_start(void) { CudaTimer *t = new CudaTimer; t->t = now_seconds(); return t; }
 extern "C" double cuda_timer_stop(CudaTimer *t) { double r = (now_seconds() - t->t) * 1000; delete t; return r; }
 cudaStream_t safe_stream(void) { return nullptr; }
+// one stream in effect: every launch runs to completion before it returns, so the
+// communication stream's ordering events have nothing to order
+extern "C" void *cuda_comm_stream(void) { return nullptr; }
+extern "C" void cuda_comm_after_compute(void) {}
+extern "C" void cuda_compute_after_comm(void) {}
 static void *ws1, *ws2; static size_t c1, c2;
 void *safe_workspace(size_t b) { if (b > c1) { free(ws1); ws1 = aligned_alloc(256, (b + 255) / 256 * 256); c1 = b; } return ws1; }
 void *safe_workspace2(size_t b) { if (b > c2) { free(ws2); ws2 = aligned_alloc(256, (b + 255) / 256 * 256); c2 = b; } return ws2; }

@@ -333,15 +333,15 @@ void comm_allreduce_f64(double *x, size_t n, CommOp op, const char *what) {
 #endif
 }
 
-double comm_record_sum(double *vals, size_t n, size_t b0, size_t b1, const char *what) {
+void comm_record_sums(double *vals, size_t n, int k, size_t b0, size_t b1, double *sums, const char *what) {
     if (info.world > 1) {
         for (size_t i = 0; i < n; i++)
-            if (i < b0 || i >= b1) vals[i] = 0.0;
-        comm_allreduce_f64(vals, n, COMM_SUM, what);   // x + 0 + ... + 0 = x: exact
+            if (i < b0 || i >= b1) memset(vals + i * k, 0, k * sizeof(double));
+        comm_allreduce_f64(vals, n * k, COMM_SUM, what);   // x + 0 + ... + 0 = x: exact
     }
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++) s += vals[i];
-    return s;
+    for (int j = 0; j < k; j++) sums[j] = 0.0;
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) sums[j] += vals[i * k + j];
 }
 
 size_t comm_allgatherv_f32(const float *mine, size_t n_mine, float *all, size_t all_cap, const char *what) {

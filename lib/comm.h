@@ -74,12 +74,12 @@ void comm_slice(size_t n, size_t *begin, size_t *end);
 // `what` names the collective in error messages ("policy gradients").
 void comm_allreduce_f32(float *x, size_t n, CommOp op, const char *what);
 void comm_allreduce_f64(double *x, size_t n, CommOp op, const char *what);
-// The sum of vals (n, one value per record of a minibatch) in record order, where this rank
-// computed records [b0, b1) (its comm_slice) and the other ranks the rest: the entries outside
-// [b0, b1) are taken from their ranks (an all-reduce of vectors that are zero elsewhere,
-// which is exact), so every rank gets the bits one rank gets summing the whole vector.
-// vals is overwritten with the whole vector.
-double comm_record_sum(double *vals, size_t n, size_t b0, size_t b1, const char *what);
+// Column sums of vals (n, k: k values per record of a minibatch) in record order, into
+// sums (k), where this rank computed records [b0, b1) (its comm_slice) and the other ranks
+// the rest: the rows outside [b0, b1) are taken from their ranks (an all-reduce of rows that
+// are zero elsewhere, which is exact), so every rank gets the bits one rank gets summing the
+// whole table. vals is overwritten with the whole table.
+void comm_record_sums(double *vals, size_t n, int k, size_t b0, size_t b1, double *sums, const char *what);
 // mine (n_mine floats, any count per rank) → all: every rank's part concatenated in rank
 // order (all holds the sum of the counts). Returns that total.
 size_t comm_allgatherv_f32(const float *mine, size_t n_mine, float *all, size_t all_cap, const char *what);

@@ -49,6 +49,9 @@ PPOStats ppo_loss_forward(const float *logp, const float *logp_old, const float 
     st.loss = -sum / n;
     st.clip_frac = nclip / n;
     st.ratio_mean = rsum / n;
+    st.loss_sum = -sum;
+    st.clip_count = nclip;
+    st.ratio_sum = rsum;
     st.ratio_max = rmax;
     st.approx_kl = kl / n;
     return st;
@@ -243,6 +246,8 @@ ValueStats value_loss_safe_forward(const float *v, const float *v_old, const flo
     st.loss = sum / n;
     st.clip_frac = nclip / n;
     st.mean_value = vsum / n;
+    st.loss_sum = sum;
+    st.clip_count = nclip;
     return st;
 }
 
@@ -284,6 +289,8 @@ ValueStats value_loss_ppo_forward(const float *v, const float *v_old, const floa
     st.loss = sum / n;
     st.clip_frac = nclip / n;
     st.mean_value = vsum / n;
+    st.loss_sum = sum;
+    st.clip_count = nclip;
     return st;
 }
 

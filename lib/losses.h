@@ -28,6 +28,7 @@ typedef struct {
     double ratio_max;    // max of ρ over valid tokens
     double approx_kl;    // masked mean of ℓ_old − ℓ_θ (k1 KL(old‖θ)), logged only
     size_t n_valid;
+    double loss_sum, clip_count, ratio_sum;   // the sums behind loss, clip_frac, ratio_mean
 } PPOStats;
 
 // logp, logp_old, adv (N). Returns the stats (loss 0 and n_valid 0 when nothing is valid).
@@ -131,6 +132,7 @@ typedef struct {
     double clip_frac;    // fraction of valid tokens with |V − V_old| > ε_V
     double mean_value;   // masked mean of V
     size_t n_valid;
+    double loss_sum, clip_count;   // the sums behind loss and clip_frac
 } ValueStats;
 
 // SAFE form (SAFE-SPEC §3): V_clip = V_old + clip(V − V_old, −ε_V, ε_V),

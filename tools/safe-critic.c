@@ -140,7 +140,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_DEVICE: o->device = optarg; break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
-        case O_VERSION: printf("safe-critic %s (data parallel: %s)\n", SAFE_VERSION, comm_backend()); exit(EXIT_OK);
+        case O_VERSION: safe_print_version("safe-critic"); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
         }
     }
@@ -375,17 +375,20 @@ typedef struct {
     int updates;
 } CriticStats;
 
-// Value loss of one head and its gradient (dv += ...).
-static ValueStats head_loss(const Options *o, const float *v, const float *v_old, const float *ret,
-                            const uint8_t *mask, size_t n, float weight, size_t n_mean, float *dv) {
-    if (strcmp(o->algo, "safe") == 0) {
-        ValueStats vs = value_loss_safe_forward(v, v_old, ret, mask, n, o->vf_clip, o->huber_delta);
+// Value loss statistics of one head over n tokens.
+static ValueStats head_stats(const Options *o, const float *v, const float *v_old, const float *ret,
+                             const uint8_t *mask, size_t n) {
+    if (strcmp(o->algo, "safe") == 0) return value_loss_safe_forward(v, v_old, ret, mask, n, o->vf_clip, o->huber_delta);
+    return value_loss_ppo_forward(v, v_old, ret, mask, n, o->vf_clip);
+}
+
+// The value loss gradient of one head (dv += ...): a mean over n_mean tokens, times weight.
+static void head_loss_backward(const Options *o, const float *v, const float *v_old, const float *ret,
+                               const uint8_t *mask, size_t n, float weight, size_t n_mean, float *dv) {
+    if (strcmp(o->algo, "safe") == 0)
         value_loss_safe_backward(v, v_old, ret, mask, n, o->vf_clip, o->huber_delta, weight, n_mean, dv);
-        return vs;
-    }
-    ValueStats vs = value_loss_ppo_forward(v, v_old, ret, mask, n, o->vf_clip);
-    value_loss_ppo_backward(v, v_old, ret, mask, n, o->vf_clip, weight, n_mean, dv);
-    return vs;
+    else
+        value_loss_ppo_backward(v, v_old, ret, mask, n, o->vf_clip, weight, n_mean, dv);
 }
 
 // One optimiser step on the minibatch `rows_mb` (n_mb rows), of which this rank computes its
@@ -425,21 +428,24 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     // each head regresses on the returns around its own recorded values; the soft-min of the
     // two is what the advantages used (pessimism at use time, two independent estimates).
     // The gradients divide by the minibatch's token count over all ranks, as one rank does.
-    size_t n_local = mask_count(mask, sb->n_resp);
     float w = 1.0f / heads;
-    ValueStats a = head_loss(o, v1, o1, ret, mask, sb->n_resp, w, n_global, dv1);
-    double loss = w * a.loss, clip = w * a.clip_frac;
-    if (heads == 2) {
-        ValueStats b = head_loss(o, v2, o2, ret, mask, sb->n_resp, w, n_global, dv2);
-        loss += w * b.loss;
-        clip += w * b.clip_frac;
+    head_loss_backward(o, v1, o1, ret, mask, sb->n_resp, w, n_global, dv1);
+    if (heads == 2) head_loss_backward(o, v2, o2, ret, mask, sb->n_resp, w, n_global, dv2);
+    // the statistics: per-record sums, summed in record order over all ranks (the same bits
+    // on any number of ranks)
+    double *per = xcalloc((size_t)n_mb * 2, sizeof(double)), sums[2];   // (n_mb, 2): loss, clipped
+    for (int b = 0; b < sb->B; b++) {
+        size_t off = sb->resp_off[b], len = (size_t)sb->resp_len[b];
+        double *row = per + (b0 + b) * 2;
+        for (int k = 0; k < heads; k++) {
+            ValueStats r = head_stats(o, k ? v2 + off : v1 + off, k ? o2 + off : o1 + off, ret + off, mask + off, len);
+            row[0] += w * r.loss_sum;
+            row[1] += w * r.clip_count;
+        }
     }
-    if (comm_world() > 1) {
-        double sums[2] = {loss * (double)n_local, clip * (double)n_local};
-        comm_allreduce_f64(sums, 2, COMM_SUM, "critic loss statistics");
-        loss = n_global ? sums[0] / (double)n_global : 0;
-        clip = n_global ? sums[1] / (double)n_global : 0;
-    }
+    comm_record_sums(per, (size_t)n_mb, 2, b0, b1, sums, "critic loss statistics");
+    free(per);
+    double loss = n_global ? sums[0] / (double)n_global : 0, clip = n_global ? sums[1] / (double)n_global : 0;
     if (!isfinite(loss)) die(EXIT_RUNTIME, "non-finite critic value loss: lower the critic --lr?");
 
     // backward: heads -> hidden at the predicting positions -> backbone

@@ -148,7 +148,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_DEVICE: o->device = optarg; break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
-        case O_VERSION: printf("safe-update %s (data parallel: %s)\n", SAFE_VERSION, comm_backend()); exit(EXIT_OK);
+        case O_VERSION: safe_print_version("safe-update"); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
         }
     }
@@ -259,18 +259,38 @@ typedef struct {
     int updates, active_updates;
 } UpdateStats;
 
-// Sums over the ranks' slices of one minibatch (one all-reduce carries them all).
-enum { S_LOSS, S_CLIP, S_RATIO, S_ENT, S_N };
+// A minibatch's sums over its tokens, one row per record (comm_record_sums): PPO loss, clipped
+// tokens, ratios, entropies, and κ's k(ℓ_θ − ℓ_ref).
+enum { S_LOSS, S_CLIP, S_RATIO, S_ENT, S_KAPPA, S_N };
 
-// Σ_t k(ℓ_p − ℓ_q) over the minibatch's tokens, as a sum over its records in record order of
-// each record's own sum: the same bits on any number of ranks (comm_record_sum). This rank
-// holds records [b0, b0 + sb->B) of the n_mb, packed in sb.
-static double minibatch_kl_sum(const SeqBatch *sb, const float *lp, const float *lq, KLEstimator est, size_t b0,
-                               size_t n_mb, const char *what) {
-    double *per = xcalloc(n_mb, sizeof(double));
+// sums (S_N) over the minibatch's tokens, each a sum over its records in record order of the
+// record's own sum: the same bits on any number of ranks. This rank holds records
+// [b0, b0 + sb->B) of the n_mb, packed in sb.
+static void minibatch_sums(const Options *o, const SeqBatch *sb, const float *logp, const float *old,
+                           const float *adv, const float *ent, const float *ref, size_t b0, size_t n_mb,
+                           double *sums) {
+    double *per = xcalloc(n_mb * S_N, sizeof(double));   // (n_mb, S_N)
+    for (int b = 0; b < sb->B; b++) {
+        size_t off = sb->resp_off[b], len = (size_t)sb->resp_len[b];
+        double *row = per + (b0 + b) * S_N;
+        PPOStats r = ppo_loss_forward(logp + off, old + off, adv + off, NULL, len, o->clip_eps);
+        row[S_LOSS] = r.loss_sum;
+        row[S_CLIP] = r.clip_count;
+        row[S_RATIO] = r.ratio_sum;
+        for (size_t i = off; i < off + len; i++) row[S_ENT] += ent[i];
+        if (ref) row[S_KAPPA] = kl_estimate_sum(logp + off, ref + off, NULL, len, o->epc.est);
+    }
+    comm_record_sums(per, n_mb, S_N, b0, b0 + sb->B, sums, "minibatch statistics");
+    free(per);
+}
+
+// Σ_t (ℓ_old − ℓ_new) over the minibatch's tokens (k1 KL(old‖new) times the count), summed
+// per record as above: the predictive step limit's measure
+static double minibatch_kl_sum(const SeqBatch *sb, const float *lp, const float *lq, size_t b0, size_t n_mb) {
+    double *per = xcalloc(n_mb, sizeof(double)), sum;
     for (int b = 0; b < sb->B; b++)
-        per[b0 + b] = kl_estimate_sum(lp + sb->resp_off[b], lq + sb->resp_off[b], NULL, sb->resp_len[b], est);
-    double sum = comm_record_sum(per, n_mb, b0, b0 + sb->B, what);
+        per[b0 + b] = kl_estimate_sum(lp + sb->resp_off[b], lq + sb->resp_off[b], NULL, sb->resp_len[b], KL_K1);
+    comm_record_sums(per, n_mb, 1, b0, b0 + sb->B, &sum, "step-limit KL");
     free(per);
     return sum;
 }
@@ -290,7 +310,7 @@ static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt
     size_t n_global = 0;
     for (int i = 0; i < n_mb; i++) n_global += (size_t)full->resp_len[rows_mb[i]];
     SeqBatch *sb = records_seqbatch(s, rows, n);
-    double nl = (double)sb->n_resp, ng = n_global ? (double)n_global : 1.0;
+    double ng = n_global ? (double)n_global : 1.0;
     size_t N = sb->n_resp ? sb->n_resp : 1;
     float *adv = xmalloc(N * sizeof(float)), *old = xmalloc(N * sizeof(float));
     float *ref = xmalloc(N * sizeof(float)), *logp = xmalloc(N * sizeof(float));
@@ -306,30 +326,21 @@ static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt
         if (!isfinite(logp[i]) || !isfinite(ent[i]))
             die(EXIT_RUNTIME, "non-finite log-prob in the update forward (minibatch token %zu): lower --lr?", i);
 
-    // PPO clipped surrogate
-    PPOStats ps = ppo_loss_forward(logp, old, adv, NULL, sb->n_resp, o->clip_eps);
+    // PPO clipped surrogate and entropy bonus: gradients of means over the minibatch's tokens
     ppo_loss_backward(logp, old, adv, NULL, sb->n_resp, o->clip_eps, 1.0f, n_global, dlogp);
-    // entropy bonus
-    double h_train = 0;
-    entropy_bonus_forward(ent, NULL, sb->n_resp, o->ent_coef, &h_train);
     if (o->ent_coef > 0) entropy_bonus_backward(NULL, sb->n_resp, o->ent_coef, 1.0f, n_global, dent);
-    // κ, the minibatch's token mean, feeds the gradient: the same bits on any number of ranks
-    double kappa = safe ? minibatch_kl_sum(sb, logp, ref, o->epc.est, b0, n_mb, "EPC kappa") / ng : 0;
-    if (comm_world() > 1) {
-        // the minibatch's statistics over all ranks: sums of the local means × counts
-        double sums[S_N], ratio_max = sb->n_resp ? ps.ratio_max : 0;
-        sums[S_LOSS] = ps.loss * nl;
-        sums[S_CLIP] = round(ps.clip_frac * nl);   // a count: exact
-        sums[S_RATIO] = ps.ratio_mean * nl;
-        sums[S_ENT] = h_train * nl;
-        comm_allreduce_f64(sums, S_N, COMM_SUM, "minibatch statistics");
-        comm_allreduce_f64(&ratio_max, 1, COMM_MAX, "minibatch ratio max");
-        ps.loss = sums[S_LOSS] / ng;
-        ps.clip_frac = sums[S_CLIP] / ng;
-        ps.ratio_mean = sums[S_RATIO] / ng;
-        ps.ratio_max = ratio_max;
-        h_train = sums[S_ENT] / ng;
-    }
+    // the minibatch's statistics and κ (which feeds the gradient): record sums over all ranks
+    double sums[S_N];
+    minibatch_sums(o, sb, logp, old, adv, ent, safe ? ref : NULL, b0, (size_t)n_mb, sums);
+    PPOStats ps = ppo_loss_forward(logp, old, adv, NULL, sb->n_resp, o->clip_eps);   // ratio_max
+    double ratio_max = sb->n_resp ? ps.ratio_max : 0;
+    comm_allreduce_f64(&ratio_max, 1, COMM_MAX, "minibatch ratio max");
+    ps.loss = sums[S_LOSS] / ng;
+    ps.clip_frac = sums[S_CLIP] / ng;
+    ps.ratio_mean = sums[S_RATIO] / ng;
+    ps.ratio_max = ratio_max;
+    double h_train = sums[S_ENT] / ng;
+    double kappa = sums[S_KAPPA] / ng;
     // EPC: one-sided KL penalty above tau, scaled by the entropy gate, gradient through kappa
     // (κ is the global token mean, so every rank takes the same branch and dL/dκ)
     EPCResult er = {0};
@@ -357,7 +368,7 @@ static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt
         // predictive step limit: KL(old || new) on this minibatch, scale the step back if too big
         float *after = xmalloc(N * sizeof(float));
         backend_logprobs(bk, sb, o->temperature, after, NULL);
-        double kl = minibatch_kl_sum(sb, logp, after, KL_K1, b0, n_mb, "step-limit KL") / ng;
+        double kl = minibatch_kl_sum(sb, logp, after, b0, (size_t)n_mb) / ng;
         scale = step_limit_scale(kl, o->step_limit);
         if (scale < 1) backend_blend(bk, (float)scale);
         free(after);

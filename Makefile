@@ -239,8 +239,9 @@ demo-clean:
 # tokenizer comes from its metadata. Tiny settings: 4 prompts x 2 samples x 32 new tokens,
 # 3 iterations, prompts cut to their last 64 tokens; VADER sentiment of the response as the
 # reward; policy lr 1e-5 (SAFE-SPEC's default), critic 1e-4, one epoch per batch for both. Each
-# iteration writes a policy and a critic with optimiser state (~3 GB on disk; 3 iterations
-# ~9 GB: `make demo-clean` removes them). The last policy directory is an
+# iteration writes a policy and a critic (~1.1 GB of weights); KEEP_OPT=1 keeps the optimiser
+# state (~2.2 GB more) of the last iteration only: 3 iterations ~5.5 GB (`make demo-clean`
+# removes them). The last policy directory is an
 # HF checkpoint, its tokenizer written from the GGUF's metadata as tokenizer.json +
 # tokenizer_config.json: tests/gen/check_transformers_load.py loads both with transformers
 # when a python3 with transformers is around.
@@ -249,7 +250,8 @@ SMOLLM_DIR   ?= demo/smollm
 SMOLLM_ITERS ?= 3
 SMOLLM_FLAGS ?= RUN=$(SMOLLM_DIR) ITERS=$(SMOLLM_ITERS) ALGO=$(ALGO) SAFE_BIN=$(BIN) MODEL=$(SMOLLM_GGUF) \
                 PROMPTS=../shared/data/hh/prompts.jsonl BATCH=4 SAMPLES=2 MAX_NEW=32 SEED=1 \
-                ROLLOUT_OPTS="--max-prompt-tokens 64" UPDATE_OPTS="--lr 1e-5 --epochs 1" CRITIC_OPTS="--lr 1e-4 --epochs 1"
+                ROLLOUT_OPTS="--max-prompt-tokens 64" UPDATE_OPTS="--lr 1e-5 --epochs 1" CRITIC_OPTS="--lr 1e-4 --epochs 1" \
+                KEEP_OPT=1
 SMOLLM_LAST   = $(SMOLLM_DIR)/$$(printf %04d $$(($(SMOLLM_ITERS) - 1)))/policy
 
 .PHONY: demo-smollm

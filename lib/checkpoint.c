@@ -602,6 +602,13 @@ int checkpoint_load_optimizer(const char *dir, AdamW *opt) {
     return 1;
 }
 
+int checkpoint_was_trained(const char *dir) {
+    char *p = path_join(dir, "trainer_state.json");
+    int yes = exists(p);
+    free(p);
+    return yes;
+}
+
 json_t *checkpoint_load_trainer_state(const char *dir) {
     char *p = path_join(dir, "trainer_state.json");
     json_t *j = exists(p) ? load_json(p) : NULL;

@@ -74,6 +74,8 @@ int checkpoint_tensor_shape(const char *dir, const char *name, int64_t *shape);
 int checkpoint_load_optimizer(const char *dir, AdamW *opt);
 // trainer_state.json as a new reference (caller json_decref's), or NULL when absent.
 json_t *checkpoint_load_trainer_state(const char *dir);
+// 1 when dir holds a trainer_state.json (a checkpoint written by a training step), else 0.
+int checkpoint_was_trained(const char *dir);
 // Fill the caller's tensors (names, shapes and buffers given in t) from DIR/<name>.safetensors;
 // shapes must match. 1 = loaded, 0 = no such file.
 int checkpoint_load_group(const char *dir, const char *name, const StTensor *t, int n);

@@ -20,6 +20,13 @@
 # `LAUNCH_DP="srun --mpi=pmix -n 8"` in a Slurm allocation, `LAUNCH_DP="mpirun -np 4 -H a:2,b:2"`
 # over ssh. Their outputs are written by rank 0 only, so the targets below are unchanged.
 # Examples: pipelines/slurm-example.sbatch, pipelines/ssh-example.sh.
+#
+# Disk: each policy/ and critic/ holds its weights and its AdamW moments (twice the weights).
+# KEEP_OPT=N deletes the moments of the checkpoints older than the last N iterations once an
+# iteration ends (N >= 1: the next iteration, and a resumed one, still find the moments they
+# start from); the weights always stay. For a 135M model that is ~3.2 GB -> ~1.1 GB per
+# iteration. Rerunning the critic or update of a pruned iteration by hand then starts AdamW
+# from zero moments (the tools warn), so its result differs from the original run's.
 
 SAFE_BIN   ?= bin
 DATA       ?= ../shared/data
@@ -49,7 +56,13 @@ CRITIC_OPTS  ?=
 UPDATE_OPTS  ?=
 PID_OPTS     ?=
 REPORT_OPTS  ?=
+KEEP_OPT     ?=
 
+ifneq ($(KEEP_OPT),)
+  ifeq ($(shell [ "$(KEEP_OPT)" -ge 1 ] 2>/dev/null && echo ok),)
+    $(error KEEP_OPT must be a whole number >= 1 (iterations whose optimiser state is kept), got '$(KEEP_OPT)')
+  endif
+endif
 ITER_NAMES := $(shell seq -f %04g 0 $$(( $(ITERS) - 1 )))
 SHARD_IDS  := $(shell seq 0 $$(( $(SHARDS) - 1 )))
 LAST       := $(lastword $(ITER_NAMES))
@@ -116,6 +129,13 @@ $(RUN)/$(1)/control.safe: $(RUN)/$(1)/stats.safe $(call control_path,$(1))
 	@$(B)/safe-pid --algo $(ALGO) --control $(call control_path,$(1)) $(PID_OPTS) --level $(LEVEL) \
 	  --quiet -o $$@ $$<
 	@$(B)/safe-report --line $(REPORT_OPTS) $(RUN)/$(1)
+	$(if $(KEEP_OPT),@$(call prune_opt,$(call num,$(1))))
 endef
+
+# Shell: delete the AdamW moments of iterations <= $(1) - KEEP_OPT (see Disk above).
+prune_opt = last=$$$$(( $(1) - $(KEEP_OPT) )); for d in $(RUN)/[0-9][0-9][0-9][0-9]; do \
+	  [ -d "$$$$d" ] && [ "$$$$(expr "$$$${d\#\#*/}" + 0)" -le "$$$$last" ] || continue; \
+	  rm -f "$$$$d/policy/optimizer.safetensors" "$$$$d/critic/optimizer.safetensors" \
+	        "$$$$d/critic/value_head_optimizer.safetensors"; done
 
 $(foreach i,$(ITER_NAMES),$(eval $(call iteration_rules,$(i))))

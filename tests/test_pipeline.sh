@@ -34,10 +34,11 @@ safe-update --policy "$MODEL" --control "$TMP/mk/init/control.safe" --seed 3 --q
 check rerun_update_same_policy cmp -s "$TMP/policy_again/model.safetensors" "$TMP/mk/0000/policy/model.safetensors"
 
 # ---- resume: 4 iterations straight == 2, a kill during iteration 3's update, and make again ----
+# (the resumed run also prunes optimiser state, KEEP_OPT=1: neither changes the result)
 make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/straight" ITERS=4 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
-make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/resumed" ITERS=2 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
+make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/resumed" ITERS=2 KEEP_OPT=1 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
 # iteration 3 (0002) up to its advantages, then an update killed with SIGKILL mid-way
-make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/resumed" ITERS=4 $SMALL "$TMP/resumed/0002/adv.safe" >/dev/null 2>&1
+make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/resumed" ITERS=4 KEEP_OPT=1 $SMALL "$TMP/resumed/0002/adv.safe" >/dev/null 2>&1
 safe-update --policy "$TMP/resumed/0001/policy" --control "$TMP/resumed/0001/control.safe" --seed 3 \
     --quiet --lr 1e-3 --epochs 100000 -i "$TMP/resumed/0002/adv.safe" -o "$TMP/resumed/0002/policy" \
     --stats "$TMP/resumed/0002/stats.safe" &
@@ -46,10 +47,17 @@ sleep 1
 kill -9 $pid 2>/dev/null
 wait $pid 2>/dev/null
 check resume_kill_leaves_no_final_output test ! -e "$TMP/resumed/0002/stats.safe" -a ! -e "$TMP/resumed/0002/policy"
-make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/resumed" ITERS=4 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
+make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/resumed" ITERS=4 KEEP_OPT=1 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
 check resume_same_policy_bytes cmp -s "$TMP/straight/0003/policy/model.safetensors" "$TMP/resumed/0003/policy/model.safetensors"
 check resume_same_stats test "$(stats_json "$TMP/straight/0003/stats.safe")" = "$(stats_json "$TMP/resumed/0003/stats.safe")"
 check resume_same_control cmp -s "$TMP/straight/0003/control.safe" "$TMP/resumed/0003/control.safe"
+check keep_opt_prunes_old_moments test -z "$(ls "$TMP"/resumed/000[012]/policy/optimizer.safetensors \
+    "$TMP"/resumed/000[012]/critic/*optimizer.safetensors 2>/dev/null)"
+check keep_opt_keeps_last_moments test -f "$TMP/resumed/0003/policy/optimizer.safetensors" \
+    -a -f "$TMP/resumed/0003/critic/optimizer.safetensors" -a -f "$TMP/resumed/0003/critic/value_head_optimizer.safetensors"
+check keep_opt_keeps_weights test -f "$TMP/resumed/0000/policy/model.safetensors" -a -f "$TMP/resumed/0000/critic/model.safetensors"
+check no_keep_opt_keeps_all test -f "$TMP/straight/0000/policy/optimizer.safetensors"
+expect_status keep_opt_refuses_0 2 make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/x" KEEP_OPT=0
 
 # ---- SHARDS=2 gives the same records and the same next policy as SHARDS=1 ----
 make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/sh2" ITERS=1 SHARDS=2 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1

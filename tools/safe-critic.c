@@ -220,7 +220,9 @@ static Critic *critic_load(const Options *o) {
         die(EXIT_BADINPUT, "%s: value_head.safetensors is missing", o->critic);
     c->opt_backbone = adamw_create(c->backbone->n_params, ac);
     c->opt_head = adamw_create(c->head->n_params, ac);
-    checkpoint_load_optimizer(o->critic, c->opt_backbone);
+    if (!checkpoint_load_optimizer(o->critic, c->opt_backbone))
+        warn("%s has no optimizer.safetensors (pruned: KEEP_OPT in pipelines/safe.mk?): AdamW starts from "
+             "zero moments, so this step differs from the original run's", o->critic);
     c->opt_backbone->cfg = ac;
     StTensor ht[2] = {{.name = "exp_avg", .data = c->opt_head->m, .ndim = 1, .shape = {(int64_t)c->head->n_params}},
                       {.name = "exp_avg_sq", .data = c->opt_head->v, .ndim = 1, .shape = {(int64_t)c->head->n_params}}};

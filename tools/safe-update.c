@@ -495,7 +495,9 @@ int main(int argc, char **argv) {
     AdamW *opt = adamw_create(m->n_params, ac);
     Backend *bk = backend_create(m, device_select(o.device), "safe-update", o.quiet);
     if (checkpoint_is_dir(o.policy)) {
-        checkpoint_load_optimizer(o.policy, opt);
+        if (!checkpoint_load_optimizer(o.policy, opt) && checkpoint_was_trained(o.policy))
+            warn("%s has no optimizer.safetensors (pruned: KEEP_OPT in pipelines/safe.mk?): AdamW starts from "
+                 "zero moments, so this step differs from the original run's", o.policy);
         opt->cfg = ac;   // this run's hyper-parameters; the moments and step carry over
     }
 

@@ -346,19 +346,25 @@ static void run_tile(float *out, int ldo, const float *inp, int ldi, const float
              min_i(K, k0 + KC));
 }
 
+// The output's tiles: MB rows x *NB columns, *ct of them across; narrower columns when there
+// are few rows (decoding), so that every thread gets work. *par: worth threads. Returns the
+// number of tiles.
+static int tile_plan(int N, double K, int OC, int *NB, int *ct, int *par) {
+    int nthreads = omp_get_max_threads();
+    int rt = (N + MB - 1) / MB;
+    *NB = 64;
+    *par = (double)N * K * OC >= PAR_MIN_MACS && nthreads > 1;
+    while (*par && *NB > 16 && (size_t)rt * ((OC + *NB - 1) / *NB) < 4 * (size_t)nthreads) *NB /= 2;
+    *ct = (OC + *NB - 1) / *NB;
+    return rt * *ct;
+}
+
 void matmul_nt_ld(float *out, int ldo, const float *inp, int ldi, const float *w, int ldw, const float *bias,
                   int N, int K, int OC, int accumulate) {
     pthread_once(&once, matmul_init);
     if (N <= 0 || OC <= 0) return;
-    // tiles of MB rows x NB columns; narrower columns when there are few rows (decoding), so
-    // that every thread gets work
-    int NB = 64;
-    int nthreads = omp_get_max_threads();
-    int rt = (N + MB - 1) / MB;
-    int par = (double)N * K * OC >= PAR_MIN_MACS && nthreads > 1;
-    while (par && NB > 16 && (size_t)rt * ((OC + NB - 1) / NB) < 4 * (size_t)nthreads) NB /= 2;
-    int ct = (OC + NB - 1) / NB;
-    int ntiles = rt * ct;
+    int NB, ct, par;
+    int ntiles = tile_plan(N, K, OC, &NB, &ct, &par);
     if (par && ntiles > 1) {
         #pragma omp parallel for schedule(dynamic, 1)
         for (int t = 0; t < ntiles; t++) run_tile(out, ldo, inp, ldi, w, ldw, bias, N, K, OC, accumulate, t, ct, NB);
@@ -392,15 +398,10 @@ void matmul_nt_segsum(double *out, int ldo, const float *inp, int ldi, const flo
                       const int *seg_start, const int *seg_len, int nseg) {
     pthread_once(&once, matmul_init);
     if (N <= 0 || OC <= 0 || nseg <= 0) return;
-    size_t K = 0;
-    for (int s = 0; s < nseg; s++) K += seg_len[s] > 0 ? (size_t)seg_len[s] : 0;
-    int NB = 64;
-    int nthreads = omp_get_max_threads();
-    int rt = (N + MB - 1) / MB;
-    int par = (double)N * K * OC >= PAR_MIN_MACS && nthreads > 1;
-    while (par && NB > 16 && (size_t)rt * ((OC + NB - 1) / NB) < 4 * (size_t)nthreads) NB /= 2;
-    int ct = (OC + NB - 1) / NB;
-    int ntiles = rt * ct;
+    double K = 0;
+    for (int s = 0; s < nseg; s++) K += seg_len[s] > 0 ? seg_len[s] : 0;
+    int NB, ct, par;
+    int ntiles = tile_plan(N, K, OC, &NB, &ct, &par);
     if (par && ntiles > 1) {
         #pragma omp parallel for schedule(dynamic, 1)
         for (int t = 0; t < ntiles; t++)

@@ -907,8 +907,42 @@ TEST(matmul_batch_invariant) {
     matmul_force_isa(orig);
 }
 
+// matmul_nt_segsum: each segment's product is matmul_nt's on that segment alone, wherever it
+// starts, summed in double in segment order (every kernel this CPU has)
+TEST(matmul_segsum) {
+    const char *isas[3] = {"avx512", "avx2", "generic"}, *orig = matmul_isa();
+    int N = 23, OC = 37, K = 700;
+    int start[5] = {0, 5, 22, 22, 41}, len[5] = {5, 17, 0, 19, 659};   // one empty, one > KC
+    float *x = xmalloc((size_t)N * K * 4), *w = xmalloc((size_t)OC * K * 4), *tmp = xmalloc((size_t)N * OC * 4);
+    double *got = xmalloc((size_t)N * OC * 8), *want = xmalloc((size_t)N * OC * 8);
+    for (int i = 0; i < N * K; i++) x[i] = (float)(rand_int(2001) - 1000) / 1000.0f;
+    for (int i = 0; i < OC * K; i++) w[i] = (float)(rand_int(2001) - 1000) / 1000.0f;
+    for (int ii = 0; ii < 3; ii++) {
+        if (matmul_force_isa(isas[ii])) continue;
+        for (int i = 0; i < N * OC; i++) got[i] = want[i] = 0.5;   // accumulates onto what is there
+        matmul_nt_segsum(got, OC, x, K, w, K, N, OC, start, len, 5);
+        for (int sg = 0; sg < 5; sg++) {
+            if (!len[sg]) continue;
+            // the segment copied to the start of fresh rows: a different alignment
+            float *xs = xmalloc((size_t)N * len[sg] * 4), *ws = xmalloc((size_t)OC * len[sg] * 4);
+            for (int r = 0; r < N; r++) memcpy(xs + (size_t)r * len[sg], x + (size_t)r * K + start[sg], len[sg] * 4);
+            for (int r = 0; r < OC; r++) memcpy(ws + (size_t)r * len[sg], w + (size_t)r * K + start[sg], len[sg] * 4);
+            matmul_nt(tmp, xs, ws, NULL, N, len[sg], OC, 0);
+            for (int i = 0; i < N * OC; i++) want[i] += tmp[i];
+            free(xs); free(ws);
+        }
+        int diffs = 0;
+        for (int i = 0; i < N * OC; i++) diffs += got[i] != want[i];
+        printf("  %-7s: segment sums vs each segment alone: %d differing doubles\n", isas[ii], diffs);
+        CHECK(diffs == 0, "%s: %d segment sums differ", isas[ii], diffs);
+    }
+    matmul_force_isa(orig);
+    free(x); free(w); free(tmp); free(got); free(want);
+}
+
 int main(void) {
     RUN(matmul_batch_invariant);
+    RUN(matmul_segsum);
     RUN(invariants_stories260k);
     RUN(invariants_tiny_gqa_bias);
     RUN(parity_stories260k);

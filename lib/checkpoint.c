@@ -288,6 +288,7 @@ static void add_token_ids(json_t *cfg, const CheckpointParts *parts) {
 // Saving replaces `dir` whole; refuse when that would throw away something that is not a
 // checkpoint (a file, or a non-empty directory without config.json).
 void checkpoint_check_target(const char *dir) {
+    output_parent_check(dir, "output checkpoint");
     if (!exists(dir)) return;
     if (!is_dir(dir)) die(EXIT_USAGE, "%s exists and is not a directory; a checkpoint is a directory", dir);
     char *cfg = path_join(dir, "config.json");

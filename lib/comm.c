@@ -38,13 +38,16 @@ const char *comm_backend(void) {
 #endif
 }
 
-double comm_parse_timeout(const char *s) {
+// A timeout in seconds from `name` (the option or variable, for the message): 0.01 to 1e9.
+static double parse_timeout(const char *s, const char *name) {
     char *end;
     double v = strtod(s, &end);
-    if (*s == 0 || *end != 0 || !(v > 0) || v > 1e9)
-        die(EXIT_USAGE, "--comm-timeout needs a number of seconds > 0, got '%s'", s);
+    if (*s == 0 || *end != 0 || !(v >= 0.01 && v <= 1e9))
+        die(EXIT_USAGE, "%s needs a number of seconds from 0.01 to 1e9, got '%s'", name, s);
     return v;
 }
+
+double comm_parse_timeout(const char *s) { return parse_timeout(s, "--comm-timeout"); }
 
 // Integer environment variable: 1 and *out when set, 0 when unset; dies when malformed.
 static int env_int(const char *name, int *out) {
@@ -129,12 +132,7 @@ void comm_init(double timeout_s) {
     inited = 1;
     info.timeout = COMM_DEFAULT_TIMEOUT;
     const char *t = getenv("SAFE_COMM_TIMEOUT");
-    if (t && *t) {
-        char *end;
-        double v = strtod(t, &end);
-        if (*end != 0 || !(v > 0)) die(EXIT_USAGE, "SAFE_COMM_TIMEOUT=%s: needs a number of seconds > 0", t);
-        info.timeout = v;
-    }
+    if (t && *t) info.timeout = parse_timeout(t, "SAFE_COMM_TIMEOUT");
     if (timeout_s > 0) info.timeout = timeout_s;
 
     int rank = 0, world = 1, local = 0, steps = 0;
@@ -406,21 +404,30 @@ void comm_barrier(const char *what) {
 #endif
 }
 
-void comm_check_same(const void *buf, size_t bytes, const char *what) {
-    if (info.world == 1) return;
-    // max of h and of ~h: equal on every rank iff every rank's h is the same
-    uint64_t h = comm_hash(buf, bytes);
-    double mine[2], got[2];
-    // compare as two 32-bit halves in doubles (exact), so one f64 max-reduction carries them
-    mine[0] = (double)(h >> 32);
-    mine[1] = (double)(h & 0xffffffffULL);
+// 1 when every rank holds the same 64-bit hash h (a collective: every rank must call it)
+static int same_hash_everywhere(uint64_t h, const char *what) {
+    // max of h and of -h: equal on every rank iff every rank's h is the same; compared as two
+    // 32-bit halves in doubles (exact), so one f64 max-reduction carries them
+    double mine[2] = {(double)(h >> 32), (double)(h & 0xffffffffULL)};
     double both[4] = {mine[0], mine[1], -mine[0], -mine[1]};
     comm_allreduce_f64(both, 4, COMM_MAX, what);
-    got[0] = both[0];
-    got[1] = both[1];
-    if (got[0] != mine[0] || got[1] != mine[1] || -both[2] != mine[0] || -both[3] != mine[1])
+    return both[0] == mine[0] && both[1] == mine[1] && -both[2] == mine[0] && -both[3] == mine[1];
+}
+
+void comm_check_same(const void *buf, size_t bytes, const char *what) {
+    if (info.world == 1) return;
+    if (!same_hash_everywhere(comm_hash(buf, bytes), what))
         die(EXIT_RUNTIME, "rank %d: %s differs between ranks: every rank must read the same files (a shared "
             "filesystem) and run the same build", info.rank, what);
+}
+
+void comm_check_same_args(int argc, char **argv) {
+    if (info.world == 1) return;
+    uint64_t h = 0;
+    for (int i = 1; i < argc; i++) h = (h * 0x100000001b3ULL) ^ comm_hash(argv[i], strlen(argv[i]) + 1);
+    if (!same_hash_everywhere(h, "the command line"))
+        die(EXIT_USAGE, "rank %d: the ranks were started with different options; give every rank the same "
+            "command line", info.rank);
 }
 
 void comm_dump_grads(int step, int n, const char *const *names, const float *const *bufs, const size_t *lens) {

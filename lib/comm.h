@@ -90,6 +90,9 @@ void comm_barrier(const char *what);
 // hash): catches ranks that loaded different files or drifted apart.
 void comm_check_same(const void *buf, size_t bytes, const char *what);
 uint64_t comm_hash(const void *buf, size_t bytes);   // FNV-1a 64
+// Stop (exit 1) unless every rank was started with the same command line (argv[1..]): ranks
+// given different options (an MPMD launch, a typo in a host file) would take different steps.
+void comm_check_same_args(int argc, char **argv);
 
 // $SAFE_DUMP_GRADS=DIR: rank 0 writes the summed gradients of optimiser step `step` (0, 1,
 // ...) to DIR/<program>-step-NNNN.safetensors, one flat tensor per buffer, to compare runs

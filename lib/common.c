@@ -113,6 +113,27 @@ double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+void output_parent_check(const char *path, const char *option) {
+    char *dir = xstrdup(path);
+    for (size_t n = strlen(dir); n > 1 && dir[n - 1] == '/'; n--) dir[n - 1] = '\0';   // "ck/" is "ck"
+    char *slash = strrchr(dir, '/');
+    const char *d = slash ? (slash == dir ? "/" : (*slash = '\0', dir)) : ".";
+    struct stat st;
+    if (stat(d, &st) != 0 || !S_ISDIR(st.st_mode))
+        die(EXIT_USAGE, "%s %s: the directory %s does not exist (create it first)", option, path, d);
+    if (access(d, W_OK | X_OK) != 0)
+        die(EXIT_USAGE, "%s %s: the directory %s is not writable", option, path, d);
+    free(dir);
+}
+
+void output_check(const char *path, const char *option) {
+    if (!path || !strcmp(path, "-")) return;
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        die(EXIT_USAGE, "%s %s: that is a directory; give a file name", option, path);
+    output_parent_check(path, option);
+}
+
 // SAFE_CUDA comes with every file of a CUDA build; SAFE_MPI and SAFE_NCCL, which comm.c and
 // comm_nccl.c get, are passed to this file too (Makefile), so every tool reports the same
 // build without linking the communication layer.

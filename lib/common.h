@@ -47,6 +47,14 @@ char *xstrdup(const char *s);
 void tmpfile_register(const char *path);
 void tmpfile_unregister(const char *path);
 
+// Before any work: stop (exit 1, naming the option) unless an output file can be created at
+// path: "-" (stdout) always can; otherwise its directory must exist and be writable and path
+// must not be a directory. So a long run does not fail at its very end on a typo.
+void output_check(const char *path, const char *option);
+// The same for the directory path will be created in (a checkpoint directory): it must exist
+// and be writable.
+void output_parent_check(const char *path, const char *option);
+
 // Monotonic wall clock in seconds.
 double now_seconds(void);
 

@@ -146,6 +146,10 @@ check dp_no_stray_temporaries test -z "$(find "$TMP" -name '*.tmp*')"
 # ---- refused settings ----
 expect_status dp_refuses_minibatch_smaller_than_ranks 1 timeout 60 $MPIRUN -np 3 safe-update $UPDATE --minibatches 4 -o "$TMP/x"
 check dp_refusal_names_ranks grep -q "cannot be split over 3 ranks" "$TMP/err"
+expect_status dp_refuses_different_options 1 timeout 60 $MPIRUN -np 1 safe-update $UPDATE --seed 4 -o "$TMP/x" : \
+    -np 1 safe-update $UPDATE -o "$TMP/x"
+check dp_different_options_message grep -q "started with different options" "$TMP/err"
+check dp_different_options_no_output test ! -e "$TMP/x"
 expect_status dp_refuses_stdin 1 timeout 60 $MPIRUN -np 2 safe-critic --init-from "$MODEL" --quiet --out-critic "$TMP/x" -o "$TMP/x.safe"
 check dp_stdin_refusal_says_why grep -q "input must be a file" "$TMP/err"
 

@@ -108,6 +108,10 @@ check exec_bare_penalty_clip jqs "$TMP/exec2.safe" '
 safe-score --exec "$SCORER --nan-id r2" --level 0 "$TMP/roll.safe" >"$TMP/nan.safe" 2>"$TMP/err"
 check exec_nan_succeeds [ $? -eq 0 ]
 check exec_nan_warns grep -q "r2" "$TMP/err"
+# the summary's mean is over the finite rewards (5, 0, 11) and says how many it left out
+check exec_nan_summary grep -q "^safe-score: 4 records (1 non-finite reward: left out of the mean), mean reward 5.33333, " "$TMP/err"
+safe-score --exec "$SCORER" --level 0 "$TMP/roll.safe" >/dev/null 2>"$TMP/err"
+check exec_summary_all_finite grep -q "^safe-score: 4 records, mean reward 5, 0 missing-EOS penalties, 0 clipped$" "$TMP/err"
 # msgpack float64 NaN (0xcb 7ff8...) for reward_raw and reward; safe-cat prints NaN as null
 check exec_nan_is_nan sh -c "[ \$(od -An -v -tx1 '$TMP/nan.safe' | tr -d ' \n' | grep -o 'cb7ff8000000000000' | wc -l) -eq 2 ]"
 check exec_nan_record jqs "$TMP/nan.safe" '.[1].reward == null and .[0].reward == 5'

@@ -490,9 +490,9 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
 
 // ---- output ----
 
-static void write_output(const Options *o, const RecStore *s, const SeqBatch *sb, const Targets *tg,
-                         const Critic *c, const CriticStats *cs, double beta) {
-    ShardWriter *w = shard_create(o->output, o->level);
+// The advantaged records into w (shard_create'd before the critic was saved), committed.
+static void write_output(ShardWriter *w, const Options *o, const RecStore *s, const SeqBatch *sb,
+                         const Targets *tg, const Critic *c, const CriticStats *cs, double beta) {
     Fields *h = fields_new();
     double u = cs->updates ? cs->updates : 1;
     fields_str(h, "kind", "adv");
@@ -547,7 +547,9 @@ int main(int argc, char **argv) {
     Options o;
     parse_args(argc, argv, &o);
     checkpoint_check_target(o.out_critic);   // before any work: saving replaces the directory
+    output_check(o.output, "-o");
     comm_init(o.comm_timeout);
+    comm_check_same_args(argc, argv);
     const CommInfo *ci = comm_info();
     int root = ci->rank == 0;   // rank 0 writes the records and the critic; the others nothing
     if (ci->world > 1) {
@@ -607,8 +609,10 @@ int main(int argc, char **argv) {
     comm_check_same(c->backbone->params, c->backbone->n_params * sizeof(float), "the updated critic backbone");
     comm_check_same(c->head->params, c->head->n_params * sizeof(float), "the updated value heads");
     if (root) {
+        // the output file is created first, so a failure to create it leaves no new critic
+        ShardWriter *w = shard_create(o.output, o.level);
         critic_save(&o, c, iteration);
-        write_output(&o, s, sb, &tg, c, &cs, beta);
+        write_output(w, &o, s, sb, &tg, c, &cs, beta);
     }
 
     free(idx);

@@ -383,9 +383,15 @@ int main(int argc, char **argv) {
     if (nonfinite)
         warn("%ld record(s) have a non-finite reward (first: '%s'); written through, "
              "safe-critic stops on them", nonfinite, first_bad);
-    if (!o.quiet)
-        fprintf(stderr, "safe-score: %ld records, mean reward %.6g, %ld missing-EOS penalties, %ld clipped\n",
-                done, done - nonfinite ? sum / (double)(done - nonfinite) : 0.0, penalised, clipped);
+    if (!o.quiet) {
+        // the mean is over the finite rewards: say how many were left out, when any were
+        char left_out[96] = "";
+        if (nonfinite)
+            snprintf(left_out, sizeof left_out, " (%ld non-finite reward%s: left out of the mean)",
+                     nonfinite, nonfinite == 1 ? "" : "s");
+        fprintf(stderr, "safe-score: %ld records%s, mean reward %.6g, %ld missing-EOS penalties, %ld clipped\n",
+                done, left_out, done - nonfinite ? sum / (double)(done - nonfinite) : 0.0, penalised, clipped);
+    }
     for (int i = 0; i < k; i++) components_free(&comp[i]);
     free(comp), free(raw), free(req), free(pend), free(lexbuf);
     fields_free(f);

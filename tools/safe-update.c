@@ -396,9 +396,9 @@ static double peak_rss_mb(void) {
     return ru.ru_maxrss / 1024.0;
 }
 
-static void write_stats(const Options *o, const RecStore *s, const Control *c, const RolloutStats *rs,
-                        const UpdateStats *us, double seconds) {
-    ShardWriter *w = shard_create(o->stats, o->level);
+// The stats record into w (shard_create'd before the checkpoint was saved), committed.
+static void write_stats(ShardWriter *w, const Options *o, const RecStore *s, const Control *c,
+                        const RolloutStats *rs, const UpdateStats *us, double seconds) {
     Fields *h = fields_new();
     fields_str(h, "kind", "stats");
     fields_str(h, "tool", "safe-update");
@@ -462,8 +462,10 @@ int main(int argc, char **argv) {
     Options o;
     parse_args(argc, argv, &o);
     checkpoint_check_target(o.output);   // before any work: saving replaces the directory
+    output_check(o.stats, "--stats");
     double t0 = now_seconds();
     comm_init(o.comm_timeout);
+    comm_check_same_args(argc, argv);
     const CommInfo *ci = comm_info();
     int root = ci->rank == 0;   // rank 0 writes the checkpoint and the stats; the others nothing
     if (ci->world > 1) {
@@ -544,8 +546,10 @@ int main(int argc, char **argv) {
     backend_sync(bk, opt);   // weights and moments back from the device
     comm_check_same(m->params, m->n_params * sizeof(float), "the updated policy");
     if (root) {
+        // the stats file is created first, so a failure to create it leaves no new policy
+        ShardWriter *w = shard_create(o.stats, o.level);
         save_policy(&o, m, opt, iteration);
-        write_stats(&o, s, &ctl, &rs, &us, now_seconds() - t0);
+        write_stats(w, &o, s, &ctl, &rs, &us, now_seconds() - t0);
     }
 
     free(idx); free(old); free(ref); free(ent); free(adv);

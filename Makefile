@@ -240,7 +240,7 @@ demo-clean:
 # 3 iterations, prompts cut to their last 64 tokens; VADER sentiment of the response as the
 # reward; policy lr 1e-5 (SAFE-SPEC's default), critic 1e-4, one epoch per batch for both. Each
 # iteration writes a policy and a critic (~1.1 GB of weights); KEEP_OPT=1 keeps the optimiser
-# state (~2.2 GB more) of the last iteration only: 3 iterations ~5.5 GB (`make demo-clean`
+# state (~2.2 GB more) of the last iteration only: 3 iterations ~5 GB (`make demo-clean`
 # removes them). The last policy directory is an
 # HF checkpoint, its tokenizer written from the GGUF's metadata as tokenizer.json +
 # tokenizer_config.json: tests/gen/check_transformers_load.py loads both with transformers

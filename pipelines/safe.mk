@@ -21,12 +21,25 @@
 # over ssh. Their outputs are written by rank 0 only, so the targets below are unchanged.
 # Examples: pipelines/slurm-example.sbatch, pipelines/ssh-example.sh.
 #
+# Hosts: HOSTS="a b c" runs shard K's rollout and score on host number K mod 3 (a, b, c, a,
+# ...) through `$(HOST_LAUNCH) HOST CMD ARGS`; HOST_LAUNCH is pipelines/on-host (ssh to HOST
+# and run CMD in the same directory there, arguments quoted; see its header), found beside
+# this makefile wherever make is run from. The hosts need this directory at the same path and
+# RUN on a filesystem shared with them; use SHARDS=3 (or a multiple) to give each host work.
+# With HOSTS set, LAUNCH still goes first and runs here, around the ssh: LAUNCH="timeout 2h"
+# gives up on a shard whose host hangs. To wrap the command on the remote side instead, give a
+# HOST_LAUNCH of your own (called as HOST_LAUNCH HOST CMD ARGS). The concatenation, critic,
+# update (LAUNCH_DP), pid and report stages run here in either case.
+#
 # Disk: each policy/ and critic/ holds its weights and its AdamW moments (twice the weights).
 # KEEP_OPT=N deletes the moments of the checkpoints older than the last N iterations once an
 # iteration ends (N >= 1: the next iteration, and a resumed one, still find the moments they
 # start from); the weights always stay. For a 135M model that is ~3.2 GB -> ~1.1 GB per
 # iteration. Rerunning the critic or update of a pruned iteration by hand then starts AdamW
 # from zero moments (the tools warn), so its result differs from the original run's.
+
+# This makefile's directory (before anything is included), for HOST_LAUNCH.
+SAFE_MK_DIR := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 
 SAFE_BIN   ?= bin
 DATA       ?= ../shared/data
@@ -46,6 +59,8 @@ TEMP       ?= 1.0
 LEVEL      ?= 3
 LAUNCH     ?=
 LAUNCH_DP  ?=
+HOSTS      ?=
+HOST_LAUNCH ?= $(SAFE_MK_DIR)/on-host
 # DEVICE=cpu|cuda: where the model stages (rollout, critic, update) run; empty: each tool's
 # default (cuda when built with CUDA and a GPU is visible, else cpu).
 DEVICE     ?=
@@ -79,6 +94,9 @@ policy_dep   = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/stats.safe,$(MODE
 critic_arg   = $(if $(call prev,$(1)),--critic $(RUN)/$(call prev,$(1))/critic,--init-from $(MODEL))
 critic_dep   = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/adv.safe,$(MODEL))
 control_path = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/control.safe,$(RUN)/init/control.safe)
+# The prefix for shard $(1)'s stages: LAUNCH, then with HOSTS the launcher and host $(1) mod n.
+shard_host   = $(word $(shell expr $(1) % $(words $(HOSTS)) + 1),$(HOSTS))
+shard_launch = $(strip $(LAUNCH) $(if $(strip $(HOSTS)),$(HOST_LAUNCH) $(call shard_host,$(1))))
 
 .PHONY: all report
 .DELETE_ON_ERROR:
@@ -96,13 +114,13 @@ $(RUN)/init/control.safe:
 define shard_rules
 $(RUN)/$(1)/rollout.$(2).safe: $(call policy_dep,$(1))
 	@mkdir -p $$(@D)
-	@$(LAUNCH) $(B)/safe-rollout --policy $(call policy_path,$(1)) --ref $(REF) --prompts $(PROMPTS) \
+	@$(call shard_launch,$(2)) $(B)/safe-rollout --policy $(call policy_path,$(1)) --ref $(REF) --prompts $(PROMPTS) \
 	  --num-prompts $(BATCH) --samples-per-prompt $(SAMPLES) --max-new-tokens $(MAX_NEW) \
 	  --temperature $(TEMP) --seed $(SEED) --iteration $(call num,$(1)) --shard $(2)/$(SHARDS) \
 	  --level $(LEVEL) $(QUIET) $(DEV) $(ROLLOUT_OPTS) -o $$@
 
 $(RUN)/$(1)/scored.$(2).safe: $(RUN)/$(1)/rollout.$(2).safe
-	@$(LAUNCH) $(B)/safe-score $(SCORER) $(SCORE_OPTS) --level $(LEVEL) $(QUIET) -i $$< -o $$@
+	@$(call shard_launch,$(2)) $(B)/safe-score $(SCORER) $(SCORE_OPTS) --level $(LEVEL) $(QUIET) -i $$< -o $$@
 endef
 
 # The stages of iteration $(1).

@@ -21,25 +21,10 @@ DIR=$(pwd)                        # the repository root, the same path on every 
 
 read -r -a hosts <<<"$HOSTS"
 n_hosts=${#hosts[@]}
-mkdir -p "$RUN"
 
-# LAUNCH for the shards: a wrapper that picks host (shard index mod n_hosts) from the stage's
-# own arguments (safe-rollout --shard K/N, safe-score -o .../scored.K.safe) and runs the
-# command there, in the same directory, with its arguments quoted for the remote shell.
-launcher="$RUN/launch-shard.sh"
-cat >"$launcher" <<EOF
-#!/bin/bash
-hosts=(${HOSTS})
-k=0 prev=
-for a in "\$@"; do
-    case \$prev in --shard) k=\${a%%/*} ;; esac
-    case \$a in *.[0-9]*.safe) b=\${a%.safe}; k=\${b##*.} ;; esac
-    prev=\$a
-done
-host=\${hosts[\$((k % ${n_hosts}))]}
-exec ssh -o BatchMode=yes "\$host" "cd $(printf %q "$DIR") && OMP_NUM_THREADS=${THREADS} exec \$(printf '%q ' "\$@")"
-EOF
-chmod +x "$launcher"
+# The shards: HOSTS= in safe.mk runs shard K on host K mod n_hosts through pipelines/on-host
+# (ssh, the same directory, arguments quoted), which passes OMP_NUM_THREADS on.
+export OMP_NUM_THREADS=$THREADS
 
 # LAUNCH_DP: SLOTS ranks on every host; --wdir puts them in the repository on each host, and
 # -x passes the variables they need (the collective timeout stops a job whose peer died).
@@ -51,7 +36,7 @@ launch_dp="mpirun -np $ranks -H ${hostlist%,} --wdir $DIR -x OMP_NUM_THREADS=$TH
 make -f pipelines/safe.mk -j "$n_hosts" \
     RUN="$RUN" ITERS="$ITERS" SHARDS="$n_hosts" \
     BATCH=16 SAMPLES=4 SEED=1 \
-    LAUNCH="$launcher" \
+    HOSTS="$HOSTS" \
     LAUNCH_DP="$launch_dp" \
     UPDATE_OPTS="--lr 1e-4" CRITIC_OPTS="--lr 1e-4"
 

@@ -63,3 +63,51 @@ expect_status keep_opt_refuses_0 2 make -s --no-print-directory -f pipelines/saf
 make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/sh2" ITERS=1 SHARDS=2 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
 check shards_same_records test "$(safe-cat "$TMP/sh2/0000/rollout.safe" | md5sum)" = "$(safe-cat "$TMP/mk/0000/rollout.safe" | md5sum)"
 check shards_same_policy cmp -s "$TMP/sh2/0000/policy/model.safetensors" "$TMP/mk/0000/policy/model.safetensors"
+
+# ---- HOSTS: shard K on host K mod n through pipelines/on-host, the same records and policy ----
+# A fake ssh: logs the host and the remote command, then runs the command here the way sshd
+# would, as one string for a POSIX login shell (sh, dash on Debian) in a fresh environment.
+cat >"$TMP/ssh" <<EOS
+#!/bin/sh
+host=\$1; shift
+printf '%s %s\n' "\$host" "\$*" >>"$TMP/ssh.log"
+exec env -i PATH="\$PATH" HOME="\$HOME" sh -c "\$*"
+EOS
+# A LAUNCH that logs what it runs (here, before the ssh) and runs it.
+cat >"$TMP/here" <<EOS
+#!/bin/sh
+echo "\$(basename "\$1") \$2" >>"$TMP/launch.log"
+exec "\$@"
+EOS
+chmod +x "$TMP/ssh" "$TMP/here"
+export SAFE_SSH="$TMP/ssh"
+make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/hosts" ITERS=1 SHARDS=3 HOSTS="h1 h2" \
+    LAUNCH="$TMP/here" $SMALL UPDATE_OPTS="--lr 1e-3" >"$TMP/hosts.log" 2>&1
+# host and output of each remote command: the six shard stages, round robin, nothing else
+sed -n "s/^\([^ ]*\) .*'-o' '[^']*\/\([a-z]*\.[0-9]*\)\.safe'.*/\1 \2/p" "$TMP/ssh.log" 2>/dev/null | sort >"$TMP/ran"
+printf '%s\n' "h1 rollout.0" "h1 rollout.2" "h1 scored.0" "h1 scored.2" "h2 rollout.1" "h2 scored.1" >"$TMP/want"
+check hosts_round_robin test "$(wc -l <"$TMP/ssh.log")" -eq 6 -a "$(cat "$TMP/ran")" = "$(cat "$TMP/want")"
+check hosts_launch_goes_first test "$(sort "$TMP/launch.log")" = "$(printf 'on-host h%s\n' 1 1 1 1 2 2)"
+check hosts_same_records test "$(safe-cat "$TMP/hosts/0000/rollout.safe" | md5sum)" = "$(safe-cat "$TMP/mk/0000/rollout.safe" | md5sum)" \
+    -a "$(safe-cat "$TMP/hosts/0000/scored.safe" | md5sum)" = "$(safe-cat "$TMP/mk/0000/scored.safe" | md5sum)"
+check hosts_same_policy cmp -s "$TMP/hosts/0000/policy/model.safetensors" "$TMP/mk/0000/policy/model.safetensors"
+# the launcher is found beside the makefile when make runs elsewhere
+root=$(pwd)
+(cd "$TMP" && make -n -f "$root/pipelines/safe.mk" RUN="$TMP/n" ITERS=1 SHARDS=2 HOSTS="h1 h2" \
+    SAFE_BIN="$SAFE_BIN" DATA="$DATA") >"$TMP/dry.log" 2>&1
+check hosts_launcher_found_from_elsewhere grep -q "^$root/pipelines/on-host h2 $SAFE_BIN/safe-score " "$TMP/dry.log"
+
+# on-host alone: arguments unchanged (spaces, quotes, $, *, newline, empty), same directory,
+# OMP_NUM_THREADS passed, the command's exit status; no host or command: exit 1
+pipelines/on-host h1 printf '%s\n' "a b" "it's" '"q"' '$HOME' '*' 'x\y' '' "new
+line" >"$TMP/args.remote"
+printf '%s\n' "a b" "it's" '"q"' '$HOME' '*' 'x\y' '' "new
+line" >"$TMP/args.here"
+check on_host_args_unchanged cmp -s "$TMP/args.here" "$TMP/args.remote"
+mkdir -p "$TMP/a dir"
+check on_host_same_directory test "$(cd "$TMP/a dir" && "$root/pipelines/on-host" h1 pwd)" = "$TMP/a dir"
+check on_host_passes_omp test "$(OMP_NUM_THREADS=5 pipelines/on-host h1 sh -c 'echo "$OMP_NUM_THREADS"')" = 5
+expect_status on_host_exit_status 7 pipelines/on-host h1 sh -c 'exit 7'
+expect_status on_host_needs_host_and_command 1 pipelines/on-host
+check on_host_says_why grep -q 'need a host and a command' "$TMP/err"
+expect_status on_host_needs_command 1 pipelines/on-host h1

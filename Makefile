@@ -126,9 +126,10 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIBSAFE) $(HEADERS)
 	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIBSAFE) $(LDLIBS)
 
 tools: $(TOOLS)
-# the kernel lab on the CPU emulation (tests/test_gpu_emu.sh runs it); not under sanitizers,
-# which do not follow the emulator's stack switches
-EMU_TESTS := $(if $(filter 1,$(SAN)),,$(BUILD)/emu/test_kernels)
+# the kernel lab on the CPU emulation (tests/test_gpu_emu.sh runs it) and the emulated
+# safe-update/safe-critic (tests/test_nccl_emu.sh); not under sanitizers, which do not follow
+# the emulator's stack switches
+EMU_TESTS := $(if $(filter 1,$(SAN)),,$(patsubst %,$(BUILD)/emu/%,test_kernels bin/safe-update bin/safe-critic))
 tests: $(TESTS) $(GPU_TESTS) $(EMU_TESTS)
 gpu-tests: $(GPU_TESTS)
 	@test -n "$(GPU_TESTS)" || { echo "gpu-tests: this build has no CUDA (it needs nvcc: CUDA=1)"; exit 2; }
@@ -145,7 +146,7 @@ EMU         := $(BUILD)/emu
 EMU_CU      := $(filter-out kernels/runtime.cu kernels/gemm.cu,$(wildcard kernels/*.cu))
 EMU_OBJ     := $(patsubst kernels/%.cu,$(EMU)/k_%.o,$(EMU_CU)) \
                $(patsubst tests/gpu/emu/%.cpp,$(EMU)/%.o,$(wildcard tests/gpu/emu/*.cpp)) \
-               $(EMU)/lib_cuda_model.o $(EMU)/lib_cuda_generate.o $(EMU)/lib_backend.o
+               $(EMU)/lib_cuda_model.o $(EMU)/lib_cuda_generate.o $(EMU)/lib_backend.o $(EMU)/nccl_emu.o
 EMU_CXXFLAGS = -std=c++17 -O1 -g -ffp-contract=off -w -Itests/gpu/emu -Ikernels -Ilib
 EMU_CFLAGS   = $(CFLAGS_BASE) -O1 -DSAFE_CUDA=1
 
@@ -159,6 +160,10 @@ $(EMU)/%.o: tests/gpu/emu/%.cpp tests/gpu/emu/cuda_runtime.h tests/gpu/emu/cuda_
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
 $(EMU)/lib_%.o: lib/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(EMU_CFLAGS) -c $< -o $@
+# NCCL's all-reduce as comm.h's on the emulated (host) memory, instead of lib/comm_nccl.c
+$(EMU)/nccl_emu.o: tests/gpu/emu/nccl_emu.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -c $< -o $@
 $(EMU)/test_kernels: tests/gpu/test_kernels.c $(EMU_OBJ) $(LIBSAFE)

@@ -26,6 +26,7 @@ struct Backend {
     int32_t *rows, *targets;   // (n_resp) predicting positions and response tokens of the last batch
     size_t cap;
     int nccl_up;
+    int route;          // -1 not decided yet, else a GradRoute: how the gradients cross the ranks
     int overlap;        // -1 not decided yet, 0 one all-reduce after the backward, 1 during it
     size_t bucket_min;  // floats per all-reduce bucket, at least (SAFE_NCCL_BUCKET_MB)
 #endif
@@ -74,6 +75,7 @@ Backend *backend_create(Model *m, Device d, const char *who, int quiet) {
     bk->m = m;
     bk->who = who;
 #ifdef SAFE_CUDA
+    bk->route = -1;
     bk->overlap = -1;
 #endif
     if (d == DEVICE_CUDA) {
@@ -189,12 +191,42 @@ static void nccl_ready(Backend *bk) {
     bk->nccl_up = 1;
 }
 
-// Whether the gradients are summed during the backward: several ranks, NCCL in the build,
-// and SAFE_NCCL_OVERLAP not 0. Decided once per backend, the same on every rank.
+// How the device gradients cross the ranks: not at all (one rank), over NCCL on the device
+// (several ranks in a build with NCCL; SAFE_NCCL=1 also with one rank: a real one-rank
+// communicator, so one GPU checks the NCCL path and its overlap), or through the host over
+// MPI (SAFE_NCCL=0, or a build without NCCL). Decided once, the same on every rank.
+typedef enum { ROUTE_NONE = 0, ROUTE_HOST, ROUTE_NCCL } GradRoute;
+
+static GradRoute grad_route(Backend *bk) {
+    if (bk->route >= 0) return (GradRoute)bk->route;
+    const char *v = getenv("SAFE_NCCL");
+    if (v && *v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
+        die(EXIT_USAGE, "SAFE_NCCL must be 0 (sum the gradients through the host over MPI) or 1 (over NCCL, even "
+            "with one rank), or unset (NCCL with several ranks), got '%s'", v);
+    int want = v && *v ? v[0] - '0' : -1;
+    if (want == 1 && !comm_nccl_built())
+        die(EXIT_USAGE, "SAFE_NCCL=1, but this build has no NCCL: rebuild where nvcc and nccl.h exist (NCCL=1), "
+            "or unset SAFE_NCCL");
+    GradRoute r = ROUTE_NONE;
+    if (want == 1) r = ROUTE_NCCL;
+    else if (comm_world() > 1) r = want == 0 || !comm_nccl_built() ? ROUTE_HOST : ROUTE_NCCL;
+    if (comm_world() > 1) {   // every rank must issue the same collectives
+        double h[2] = {(double)r, -(double)r};
+        comm_allreduce_f64(h, 2, COMM_MAX, "SAFE_NCCL of the ranks");
+        if (h[0] != -h[1])
+            die(EXIT_USAGE, "rank %d: SAFE_NCCL differs between the ranks (give every rank the same environment)",
+                comm_rank());
+    }
+    bk->route = (int)r;
+    return r;
+}
+
+// Whether the gradients are summed during the backward: over NCCL (grad_route) and
+// SAFE_NCCL_OVERLAP not 0. Decided once per backend, the same on every rank.
 static int overlap_on(Backend *bk) {
     if (bk->overlap >= 0) return bk->overlap;
     bk->overlap = 0;
-    if (comm_world() <= 1 || !comm_nccl_built()) return 0;
+    if (grad_route(bk) != ROUTE_NCCL) return 0;
     const char *v = getenv("SAFE_NCCL_OVERLAP");
     if (v && *v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
         die(EXIT_USAGE, "SAFE_NCCL_OVERLAP must be 0 (one all-reduce after the backward) or 1 (the default: "
@@ -262,8 +294,9 @@ void backend_allreduce_grads(Backend *bk, const char *what) {
         return;
     }
 #ifdef SAFE_CUDA
-    if (comm_world() <= 1) return;
-    if (comm_nccl_built()) {
+    GradRoute route = grad_route(bk);
+    if (route == ROUTE_NONE) return;
+    if (route == ROUTE_NCCL) {
         nccl_ready(bk);
         if (cuda_model_overlap_armed(bk->cm)) {
             cuda_model_overlap_finish(bk->cm);          // the buckets the backward did not hand out
@@ -277,7 +310,7 @@ void backend_allreduce_grads(Backend *bk, const char *what) {
         comm_nccl_allreduce_f32(g, n, COMM_SUM, NULL, what);
         return;
     }
-    // honest note: without NCCL the gradients cross the host twice per step
+    // ROUTE_HOST: the gradients cross the host twice per step
     Model *m = bk->m;
     if (!m->grads) model_zero_grad(m);
     cuda_model_download_grads(bk->cm, m->grads);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh — the one script a session with a GPU runs: build for the GPU that is there,
-# kernel parity against CPU references, one SAFE iteration on both backends, benchmarks beside
-# PyTorch, and `make demo DEVICE=cuda` (2 iterations) when time is left. Under 8 minutes on an
+# kernel parity against CPU references, one SAFE iteration on both backends, the multi-GPU
+# checks on the GPUs there are (tests/gpu/multi_gpu.sh: NCCL with world size 1 on a one-GPU
+# machine), benchmarks beside PyTorch, and `make demo DEVICE=cuda` (2 iterations) when time
+# is left. Under 8 minutes on an
 # H200; everything lands in $OUT (summary.md first), and the exit status is non-zero when any
 # parity check fails. See tests/gpu/RESULTS.md for how to call it through the device tool.
 #
@@ -15,7 +17,7 @@
 #                  ../shared/data, .gpu-data, shared/data that has stories260K
 #   GPU_RUN_DRY=1  no GPU: build CPU-only, run the iteration with --device cpu on both legs
 #                  (checks the script and report.py; the kernel tests and benchmarks are skipped)
-#   GPU_RUN_SKIP   space-separated stages to skip: kernels iteration bench torch demo
+#   GPU_RUN_SKIP   space-separated stages to skip: kernels iteration multi bench torch demo
 #   GPU_RUN_BIN    use the tools already built there (skips the build; for reruns, and for
 #                  checking the script against tools linked with an emulated device:
 #                  make gpu-emu-tools, then GPU_RUN_BIN=build/emu/bin)
@@ -184,6 +186,25 @@ if ! skipped iteration && [ "$(left)" -gt 60 ]; then
         res=$(tail -1 "$WORK/iteration.txt")
         if [ $rc -eq 0 ]; then stage_row "SAFE iteration parity" ok $(( $(elapsed) - s0 )) "$res"
         else stage_row "SAFE iteration parity" FAIL $(( $(elapsed) - s0 )) "$res"; FAILED=1; fi
+    fi
+fi
+
+# ---- 3b. multi-GPU: NCCL on the GPUs there are (world size 1 on a one-GPU machine) ------------
+# tests/gpu/multi_gpu.sh on this build: the one-rank (or G-rank) communicator against exact
+# sums, and safe-update/safe-critic with the gradients summed during the backward, after it
+# and through the host. It needs NCCL in this build: the prebuilt and fallback tools have none.
+if [ "$DRY" != 1 ] && ! skipped multi && [ "$(left)" -gt 90 ]; then
+    s0=$(elapsed)
+    if [ "$BIN" != "$BUILD/bin" ] || ! "$BIN/safe-update" --version | grep -q NCCL; then
+        stage_row "multi-GPU (NCCL)" skipped 0 "$BIN/safe-update has no NCCL (prebuilt or fallback tools)"
+    else
+        timeout "$(tlim 150)" env BUILD=$BUILD BIN=$BIN NVCCFLAGS="${NVF:-}" MULTI_GPU_SKIP_CPU=1 \
+            sh tests/gpu/multi_gpu.sh > "$WORK/multi_gpu.log" 2>&1
+        rc=$?
+        grep -E '^(== |FAIL )' "$WORK/multi_gpu.log"
+        res=$(tail -1 "$WORK/multi_gpu.log")
+        if [ $rc -eq 0 ]; then stage_row "multi-GPU (NCCL)" ok $(( $(elapsed) - s0 )) "$res (multi_gpu.log)"
+        else stage_row "multi-GPU (NCCL)" FAIL $(( $(elapsed) - s0 )) "exit $rc: $res (multi_gpu.log)"; FAILED=1; fi
     fi
 fi
 

@@ -79,7 +79,8 @@ else
 fi
 
 echo "== build (NCCL=1) in $BUILD, tools in $BIN"
-make -s BUILD="$BUILD" BIN="$BIN" ${NVCCFLAGS:+NVCCFLAGS="$NVCCFLAGS"} report-build $targets >"$tmp/build.log" 2>&1 ||
+# (NVCCFLAGS, when tests/gpu/run.sh sets it for this GPU, reaches make through the environment)
+make -s BUILD="$BUILD" BIN="$BIN" report-build $targets >"$tmp/build.log" 2>&1 ||
     { cat "$tmp/build.log"; echo "FAIL build"; exit 1; }
 grep '^safe:' "$tmp/build.log"
 [ "$EMU" = 1 ] && BIN=$BUILD/emu/bin   # the tools linked with the emulation (and links to the others)

@@ -204,6 +204,9 @@ ALGO       ?= safe
 # start as root unless told so: the two variables are set only when running as root.
 RANKS      ?= 1
 ifneq ($(RANKS),1)
+  ifeq ($(shell case '$(RANKS)' in ('' | *[!0-9]*) ;; (*) [ '$(RANKS)' -ge 2 ] && echo ok ;; esac),)
+    $(error RANKS must be a whole number >= 1 (MPI ranks for the demo's critic and update), got '$(RANKS)')
+  endif
   DEMO_DIR       ?= demo/$(ALGO)-ranks$(RANKS)
   DEMO_THREADS   := $(shell n=$$(( $$(nproc) / $(RANKS) )); echo $$(( n > 0 ? n : 1 )))
   DEMO_LAUNCH_DP := $(if $(filter 0,$(shell id -u)),OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1) \

@@ -5,6 +5,7 @@
 // it only world size 1 has a transport, and the tools run as before.
 #include "comm.h"
 
+#include <ctype.h>
 #include <limits.h>
 #include <omp.h>
 #include <sched.h>
@@ -19,6 +20,7 @@
 #endif
 
 #include "common.h"       // die, xmalloc, now_seconds, die_set_hook
+#include "ranks.h"        // ranks_from_env, ranks_mpi_launcher_var, env_count
 #include "safetensors.h"  // safetensors_write, for comm_dump_grads
 
 static CommInfo info = {.rank = 0, .world = 1, .local_rank = 0, .local_world = 1,
@@ -42,33 +44,13 @@ const char *comm_backend(void) {
 static double parse_timeout(const char *s, const char *name) {
     char *end;
     double v = strtod(s, &end);
-    if (*s == 0 || *end != 0 || !(v >= 0.01 && v <= 1e9))
+    int decimal = strspn(s, "0123456789.eE+-") == strlen(s) && (isdigit((unsigned char)s[0]) || s[0] == '.');
+    if (*s == 0 || *end != 0 || !decimal || !(v >= 0.01 && v <= 1e9))
         die(EXIT_USAGE, "%s needs a number of seconds from 0.01 to 1e9, got '%s'", name, s);
     return v;
 }
 
 double comm_parse_timeout(const char *s) { return parse_timeout(s, "--comm-timeout"); }
-
-// Integer environment variable: 1 and *out when set, 0 when unset; dies when malformed.
-static int env_int(const char *name, int *out) {
-    const char *s = getenv(name);
-    if (!s || !*s) return 0;
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end != 0 || v < 0 || v > INT_MAX) die(EXIT_USAGE, "environment variable %s=%s is not a count or index", name, s);
-    *out = (int)v;
-    return 1;
-}
-
-// The variable an MPI launcher set, or NULL: Open MPI's mpirun, PMIx (Open MPI 5, srun
-// --mpi=pmix), PMI-1/2 (MPICH/Hydra, srun --mpi=pmi2), MVAPICH.
-static const char *mpi_launcher_var(void) {
-    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK",
-                                 "MV2_COMM_WORLD_SIZE", NULL};
-    for (int i = 0; vars[i]; i++)
-        if (getenv(vars[i])) return vars[i];
-    return NULL;
-}
 
 #ifdef SAFE_MPI
 static int dying_code;        // the status die() was called with (0: none)
@@ -132,58 +114,36 @@ void comm_init(double timeout_s) {
     inited = 1;
     info.timeout = COMM_DEFAULT_TIMEOUT;
     const char *t = getenv("SAFE_COMM_TIMEOUT");
-    if (t && *t) info.timeout = parse_timeout(t, "SAFE_COMM_TIMEOUT");
-    if (timeout_s > 0) info.timeout = timeout_s;
+    if (timeout_s > 0) info.timeout = timeout_s;   // --comm-timeout wins: the variable is not read
+    else if (t && *t) info.timeout = parse_timeout(t, "SAFE_COMM_TIMEOUT");
 
-    int rank = 0, world = 1, local = 0, steps = 0;
-    const char *var = mpi_launcher_var();
+    const char *var = ranks_mpi_launcher_var();
     if (var) {
 #ifdef SAFE_MPI
         mpi_start(var);
         share_cores();
-        if (env_int("SLURM_STEP_NUM_TASKS", &steps) && steps != info.world)
-            die(EXIT_USAGE, "MPI sees %d ranks but srun started %d tasks: give srun an MPI plugin "
-                "(srun --mpi=pmix) or use mpirun", info.world, steps);
+        // srun -n N without an MPI plugin: every task starts MPI on its own, a world of 1
+        // (with more, MPI's world is the truth: mpirun's daemons run in srun steps of their
+        // own, whose SLURM_STEP_NUM_TASKS count nodes, not ranks)
+        int steps = 0;
+        if (info.world == 1 && env_count("SLURM_STEP_NUM_TASKS", &steps) && steps > 1)
+            die(EXIT_USAGE, "MPI sees 1 rank but srun started %d tasks: give srun an MPI plugin "
+                "(srun --mpi=pmix) or use mpirun", steps);
         return;
 #else
         int n = 1;
-        if ((env_int("OMPI_COMM_WORLD_SIZE", &n) || env_int("PMI_SIZE", &n)) && n > 1)
+        if ((env_count("OMPI_COMM_WORLD_SIZE", &n) || env_count("PMI_SIZE", &n)) && n > 1)
             die(EXIT_USAGE, "started by an MPI launcher with %d ranks (%s is set), but this build has no "
                 "MPI: install libopenmpi-dev openmpi-bin and rebuild (make MPI=1)", n, var);
         return;   // one rank under mpirun -np 1: nothing to share
 #endif
     }
-    // An srun task: only srun sets SLURM_STEP_NUM_TASKS (a batch script's own shell also has
-    // SLURM_PROCID=0 and the job's SLURM_NTASKS, and must stay a single rank).
-    if (env_int("SLURM_STEP_NUM_TASKS", &steps) && env_int("SLURM_PROCID", &rank) &&
-        env_int("SLURM_NTASKS", &world)) {
-        env_int("SLURM_LOCALID", &local);
-        info.source = "slurm";
-    } else if (env_int("WORLD_SIZE", &world)) {
-        if (!env_int("RANK", &rank)) die(EXIT_USAGE, "WORLD_SIZE is set but RANK is not: set both (and LOCAL_RANK)");
-        env_int("LOCAL_RANK", &local);
-        info.source = "env";
-    } else {
-        return;   // world 1
-    }
-    if (world < 1 || rank >= world)
-        die(EXIT_USAGE, "rank %d is not below the world size %d (from %s)", rank, world,
-            strcmp(info.source, "slurm") == 0 ? "SLURM_PROCID/SLURM_NTASKS" : "RANK/WORLD_SIZE");
-    info.rank = rank;
-    info.world = world;
-    info.local_rank = local;
-    info.local_world = 0;   // unknown without a launcher that says
-}
-
-void comm_finalize(void) {
-    if (finalized) return;
-    finalized = 1;
-#ifdef SAFE_MPI
-    // No timed barrier here: the other ranks wait in MPI_Finalize for rank 0 to write its
-    // outputs, however long a big checkpoint takes (a timeout would kill rank 0 mid-write).
-    // A rank 0 that dies meanwhile takes the job down through the launcher or MPI_Abort.
-    if (info.mpi) MPI_Finalize();
-#endif
+    EnvRanks r = ranks_from_env();
+    info.rank = r.rank;
+    info.world = r.world;
+    info.local_rank = r.local_rank;
+    info.source = r.source;
+    if (r.world > 1) info.local_world = 0;   // unknown without a launcher that says
 }
 
 void comm_slice(size_t n, size_t *begin, size_t *end) {
@@ -219,12 +179,12 @@ static int collective_begin(const char *kind, const char *what) {
     if (!hooks_checked) {
         hooks_checked = 1;
         int r;
-        if (env_int("SAFE_TEST_KILL_RANK", &r) && r == info.rank) {
+        if (env_count("SAFE_TEST_KILL_RANK", &r) && r == info.rank) {
             fprintf(stderr, "%s: rank %d: SAFE_TEST_KILL_RANK: killing myself (SIGKILL) before collective %s\n",
                     safe_progname, info.rank, kind);
             raise(SIGKILL);
         }
-        if (env_int("SAFE_TEST_STALL_RANK", &r) && r == info.rank) {
+        if (env_count("SAFE_TEST_STALL_RANK", &r) && r == info.rank) {
             fprintf(stderr, "%s: rank %d: SAFE_TEST_STALL_RANK: stalling forever before collective %s\n",
                     safe_progname, info.rank, kind);
             for (;;) pause();
@@ -404,14 +364,69 @@ void comm_barrier(const char *what) {
 #endif
 }
 
-// 1 when every rank holds the same 64-bit hash h (a collective: every rank must call it)
+void comm_finalize(void) {
+    if (finalized) return;
+#ifdef SAFE_MPI
+    if (info.mpi && info.world > 1) {
+        // The end of the run, after rank 0 has written its outputs. Rank 0 waits for the
+        // others at most the comm timeout: a peer stopped or cut off after the last
+        // collective would otherwise hold the whole job in MPI_Finalize. The others wait for
+        // rank 0 without a limit, however long a big checkpoint takes to write (a timeout
+        // would kill rank 0 mid-write); a rank 0 that dies meanwhile takes the job down
+        // through the launcher or MPI_Abort.
+        int r;
+        if (env_count("SAFE_TEST_STALL_END_RANK", &r) && r == info.rank) {
+            fprintf(stderr, "%s: rank %d: SAFE_TEST_STALL_END_RANK: stalling forever at the end of the run\n",
+                    safe_progname, info.rank);
+            for (;;) pause();
+        }
+        MPI_Request req;
+        CHECK_MPI(MPI_Ibarrier(MPI_COMM_WORLD, &req), "barrier", "the end of the run");
+        if (info.rank == 0) comm_wait(&req, "barrier", "the end of the run");
+        else CHECK_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE), "barrier", "the end of the run");
+    }
+    finalized = 1;   // only now: a timeout above still takes the job down (on_exit_abort)
+    if (info.mpi) MPI_Finalize();
+#else
+    finalized = 1;
+#endif
+}
+
+// same[i] = 1 when every rank holds the same 64-bit hash h[i] (n of them; a collective: every
+// rank must call it). Max of h and of -h: equal on every rank iff every rank's h is the same;
+// compared as two 32-bit halves in doubles (exact), so one f64 max-reduction carries them all.
+static void same_hashes_everywhere(const uint64_t *h, int n, int *same, const char *what) {
+    double *x = xmalloc((size_t)n * 4 * sizeof(double));
+    for (int i = 0; i < n; i++) {
+        double hi = (double)(h[i] >> 32), lo = (double)(h[i] & 0xffffffffULL);
+        x[4 * i] = hi, x[4 * i + 1] = lo, x[4 * i + 2] = -hi, x[4 * i + 3] = -lo;
+    }
+    comm_allreduce_f64(x, (size_t)n * 4, COMM_MAX, what);
+    for (int i = 0; i < n; i++) {
+        double hi = (double)(h[i] >> 32), lo = (double)(h[i] & 0xffffffffULL);
+        same[i] = x[4 * i] == hi && x[4 * i + 1] == lo && -x[4 * i + 2] == hi && -x[4 * i + 3] == lo;
+    }
+    free(x);
+}
+
 static int same_hash_everywhere(uint64_t h, const char *what) {
-    // max of h and of -h: equal on every rank iff every rank's h is the same; compared as two
-    // 32-bit halves in doubles (exact), so one f64 max-reduction carries them
-    double mine[2] = {(double)(h >> 32), (double)(h & 0xffffffffULL)};
-    double both[4] = {mine[0], mine[1], -mine[0], -mine[1]};
-    comm_allreduce_f64(both, 4, COMM_MAX, what);
-    return both[0] == mine[0] && both[1] == mine[1] && -both[2] == mine[0] && -both[3] == mine[1];
+    int same;
+    same_hashes_everywhere(&h, 1, &same, what);
+    return same;
+}
+
+void comm_check_same_hashes(const uint64_t *h, int n, const char *const *names) {
+    if (info.world == 1) return;
+    int *same = xmalloc((size_t)n * sizeof(int));
+    same_hashes_everywhere(h, n, same, "the ranks' inputs");
+    char list[1024] = "";
+    size_t len = 0;
+    for (int i = 0; i < n && len < sizeof list; i++)
+        if (!same[i]) len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "", names[i]);
+    free(same);
+    if (len)
+        die(EXIT_RUNTIME, "rank %d: the ranks hold different %s: every rank must read the same files (a shared "
+            "filesystem) and run the same build", info.rank, list);
 }
 
 void comm_check_same(const void *buf, size_t bytes, const char *what) {

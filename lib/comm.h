@@ -34,7 +34,8 @@
 //
 // Test hooks (used by tests/test_dp.sh): SAFE_TEST_KILL_RANK=N makes rank N kill itself
 // (SIGKILL) just before its first collective; SAFE_TEST_STALL_RANK=N makes it stop there
-// forever (a hung or cut-off peer), so the other ranks hit the timeout.
+// forever (a hung or cut-off peer), so the other ranks hit the timeout;
+// SAFE_TEST_STALL_END_RANK=N stops rank N in comm_finalize, after the last collective.
 #ifndef SAFE_COMM_H
 #define SAFE_COMM_H
 
@@ -60,7 +61,9 @@ void comm_init(double timeout_s);
 const CommInfo *comm_info(void);   // world 1 until comm_init
 int comm_rank(void);
 int comm_world(void);
-// MPI_Finalize (the other ranks wait there, untimed, for rank 0 to finish writing). Call it
+// The end of the run: a barrier, then MPI_Finalize. The other ranks wait there, untimed, for
+// rank 0 to finish writing; rank 0, whose outputs are written, waits for them at most the
+// comm timeout (a peer stopped after the last collective: exit 3, outputs complete). Call it
 // before returning 0 from main: exiting without it counts as a failure (MPI_Abort).
 void comm_finalize(void);
 // "MPI" when this build has MPI, else "none" (for --version and the build report).
@@ -90,6 +93,9 @@ void comm_barrier(const char *what);
 // hash): catches ranks that loaded different files or drifted apart.
 void comm_check_same(const void *buf, size_t bytes, const char *what);
 uint64_t comm_hash(const void *buf, size_t bytes);   // FNV-1a 64
+// The same for n hashes at once (one collective), naming each one that differs: stops (exit
+// 3) with "the ranks hold different NAME, NAME: ..." when any does.
+void comm_check_same_hashes(const uint64_t *h, int n, const char *const *names);
 // Stop (exit 1) unless every rank was started with the same command line (argv[1..]): ranks
 // given different options (an MPMD launch, a typo in a host file) would take different steps.
 void comm_check_same_args(int argc, char **argv);

@@ -60,26 +60,38 @@ static volatile int dying;
 int __lsan_is_turned_off(void);
 __attribute__((weak)) int __lsan_is_turned_off(void) { return dying; }
 
+// "prog: [kind]message\n" in one write, so that the lines of several ranks (or processes of
+// a pipeline) sharing a terminal do not interleave mid-line.
+static void say(const char *kind, const char *fmt, va_list ap) {
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf, "%s: %s", safe_progname, kind);
+    if (n < 0) n = 0;
+    if ((size_t)n < sizeof buf) {
+        int m = vsnprintf(buf + n, sizeof buf - (size_t)n, fmt, ap);
+        if (m > 0) n += m;
+    }
+    if ((size_t)n > sizeof buf - 2) n = (int)sizeof buf - 2;   // a truncated message still ends its line
+    buf[n++] = '\n';
+    fwrite(buf, 1, (size_t)n, stderr);
+    fflush(stderr);
+}
+
 void die(int code, const char *fmt, ...) {
     va_list ap;
     dying = 1;
     fflush(stdout);
-    fprintf(stderr, "%s: ", safe_progname);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say("", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     if (die_hook) die_hook(code);
     exit(code);
 }
 
 void warn(const char *fmt, ...) {
     va_list ap;
-    fprintf(stderr, "%s: warning: ", safe_progname);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say("warning: ", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void *xmalloc(size_t n) {
@@ -119,8 +131,10 @@ void output_parent_check(const char *path, const char *option) {
     char *slash = strrchr(dir, '/');
     const char *d = slash ? (slash == dir ? "/" : (*slash = '\0', dir)) : ".";
     struct stat st;
-    if (stat(d, &st) != 0 || !S_ISDIR(st.st_mode))
+    if (stat(d, &st) != 0)
         die(EXIT_USAGE, "%s %s: the directory %s does not exist (create it first)", option, path, d);
+    if (!S_ISDIR(st.st_mode))
+        die(EXIT_USAGE, "%s %s: %s is a file, not a directory (give a path inside a directory)", option, path, d);
     if (access(d, W_OK | X_OK) != 0)
         die(EXIT_USAGE, "%s %s: the directory %s is not writable", option, path, d);
     free(dir);

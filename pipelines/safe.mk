@@ -3,8 +3,8 @@
 #   make -f pipelines/safe.mk RUN=run/demo ITERS=20
 #
 #   RUN/init/control.safe            initial control state (safe-pid --init)
-#   RUN/0007/rollout.K.safe          rollout shard K of SHARDS (safe-rollout --shard K/SHARDS)
-#   RUN/0007/scored.K.safe           its rewards (safe-score)
+#   RUN/0007/rollout.K-of-N.safe     rollout shard K of N = SHARDS (safe-rollout --shard K/N)
+#   RUN/0007/scored.K-of-N.safe      its rewards (safe-score)
 #   RUN/0007/rollout.safe            the shards concatenated (for inspection and reruns)
 #   RUN/0007/scored.safe             the scored shards concatenated
 #   RUN/0007/adv.safe + critic/      values, advantages, next critic (safe-critic)
@@ -14,7 +14,9 @@
 # Every stage writes to a temporary name and renames, so after an interruption `make` redoes
 # only the missing targets; each stage is a pure function of its inputs and the seed, so the
 # resumed run is identical to an uninterrupted one. `make -j` runs the rollout/score shards
-# in parallel. LAUNCH is put before each per-shard stage (e.g. `srun -N1 -n1`, `ssh host`),
+# in parallel. LAUNCH is put before each per-shard stage (e.g. `srun -N1 -n1`, `timeout 2h`;
+# for other machines over ssh use HOSTS below: a bare `ssh host` runs in the remote home
+# directory with the arguments unquoted),
 # LAUNCH_DP before the critic and update, which then run data parallel (see DATA PARALLEL in
 # safe-update(1)): `LAUNCH_DP="mpirun -np 2 --oversubscribe"` on one machine,
 # `LAUNCH_DP="srun --mpi=pmix -n 8"` in a Slurm allocation, `LAUNCH_DP="mpirun -np 4 -H a:2,b:2"`
@@ -30,6 +32,13 @@
 # gives up on a shard whose host hangs. To wrap the command on the remote side instead, give a
 # HOST_LAUNCH of your own (called as HOST_LAUNCH HOST CMD ARGS). The concatenation, critic,
 # update (LAUNCH_DP), pid and report stages run here in either case.
+#
+# Changing SHARDS on an existing RUN is safe: the shard files carry N in their names, so the
+# slices of different splits never meet (and safe-cat refuses to join such slices, or one
+# twice), and they are intermediate files to make, so the iterations already done are not
+# redone for want of the new split's shards; the iterations still to come use the new split
+# (the same records either way). Deleting a shard file therefore does not make its iteration
+# run again: delete the iteration's rollout.safe (or the whole iteration directory) for that.
 #
 # Disk: each policy/ and critic/ holds its weights and its AdamW moments (twice the weights).
 # KEEP_OPT=N deletes the moments of the checkpoints older than the last N iterations once an
@@ -78,6 +87,9 @@ ifneq ($(KEEP_OPT),)
     $(error KEEP_OPT must be a whole number >= 1 (iterations whose optimiser state is kept), got '$(KEEP_OPT)')
   endif
 endif
+# whole numbers >= 1, checked before they reach seq and the shell's arithmetic
+count_ok = $(shell case '$(1)' in ('' | *[!0-9]*) ;; (*) [ '$(1)' -ge 1 ] && echo ok ;; esac)
+$(foreach v,ITERS SHARDS,$(if $(call count_ok,$($(v))),,$(error $(v) must be a whole number >= 1, got '$($(v))')))
 ITER_NAMES := $(shell seq -f %04g 0 $$(( $(ITERS) - 1 )))
 SHARD_IDS  := $(shell seq 0 $$(( $(SHARDS) - 1 )))
 LAST       := $(lastword $(ITER_NAMES))
@@ -94,6 +106,8 @@ policy_dep   = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/stats.safe,$(MODE
 critic_arg   = $(if $(call prev,$(1)),--critic $(RUN)/$(call prev,$(1))/critic,--init-from $(MODEL))
 critic_dep   = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/adv.safe,$(MODEL))
 control_path = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/control.safe,$(RUN)/init/control.safe)
+# Iteration $(1)'s per-shard files of stage $(2) (rollout, scored), in shard order.
+shard_files  = $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/$(2).$(k)-of-$(SHARDS).safe)
 # The prefix for shard $(1)'s stages: LAUNCH, then with HOSTS the launcher and host $(1) mod n.
 shard_host   = $(word $(shell expr $(1) % $(words $(HOSTS)) + 1),$(HOSTS))
 shard_launch = $(strip $(LAUNCH) $(if $(strip $(HOSTS)),$(HOST_LAUNCH) $(call shard_host,$(1))))
@@ -112,14 +126,14 @@ $(RUN)/init/control.safe:
 
 # One shard of one iteration's rollout and its scores: $(1) iteration, $(2) shard index.
 define shard_rules
-$(RUN)/$(1)/rollout.$(2).safe: $(call policy_dep,$(1))
+$(RUN)/$(1)/rollout.$(2)-of-$(SHARDS).safe: $(call policy_dep,$(1))
 	@mkdir -p $$(@D)
 	@$(call shard_launch,$(2)) $(B)/safe-rollout --policy $(call policy_path,$(1)) --ref $(REF) --prompts $(PROMPTS) \
 	  --num-prompts $(BATCH) --samples-per-prompt $(SAMPLES) --max-new-tokens $(MAX_NEW) \
 	  --temperature $(TEMP) --seed $(SEED) --iteration $(call num,$(1)) --shard $(2)/$(SHARDS) \
 	  --level $(LEVEL) $(QUIET) $(DEV) $(ROLLOUT_OPTS) -o $$@
 
-$(RUN)/$(1)/scored.$(2).safe: $(RUN)/$(1)/rollout.$(2).safe
+$(RUN)/$(1)/scored.$(2)-of-$(SHARDS).safe: $(RUN)/$(1)/rollout.$(2)-of-$(SHARDS).safe
 	@$(call shard_launch,$(2)) $(B)/safe-score $(SCORER) $(SCORE_OPTS) --level $(LEVEL) $(QUIET) -i $$< -o $$@
 endef
 
@@ -127,11 +141,13 @@ endef
 define iteration_rules
 $(foreach k,$(SHARD_IDS),$(eval $(call shard_rules,$(1),$(k))))
 
-$(RUN)/$(1)/rollout.safe: $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/rollout.$(k).safe)
+$(RUN)/$(1)/rollout.safe: $(call shard_files,$(1),rollout)
 	@$(B)/safe-cat --level $(LEVEL) -o $$@ $$^
 
-$(RUN)/$(1)/scored.safe: $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/scored.$(k).safe) $(RUN)/$(1)/rollout.safe
-	@$(B)/safe-cat --level $(LEVEL) -o $$@ $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/scored.$(k).safe)
+$(RUN)/$(1)/scored.safe: $(call shard_files,$(1),scored) $(RUN)/$(1)/rollout.safe
+	@$(B)/safe-cat --level $(LEVEL) -o $$@ $(call shard_files,$(1),scored)
+
+.SECONDARY: $(call shard_files,$(1),rollout) $(call shard_files,$(1),scored)
 
 $(RUN)/$(1)/adv.safe: $(RUN)/$(1)/scored.safe $(call critic_dep,$(1)) $(call control_path,$(1))
 	@$(LAUNCH_DP) $(B)/safe-critic $(call critic_arg,$(1)) --control $(call control_path,$(1)) \

@@ -39,5 +39,4 @@ make -f pipelines/safe.mk -j "$n_hosts" \
     HOSTS="$HOSTS" \
     LAUNCH_DP="$launch_dp" \
     UPDATE_OPTS="--lr 1e-4" CRITIC_OPTS="--lr 1e-4"
-
-bin/safe-report "$RUN"
+# (make's default target ends with the run's summary: safe-report --summary "$RUN")

@@ -143,6 +143,22 @@ same_checkpoint dp_step_limit_2_ranks "$TMP/sl1" "$TMP/sl2" model.safetensors
 check dp_update_one_stats_record test "$(safe-cat "$TMP/stats3.safe" | wc -l)" = 1
 check dp_no_stray_temporaries test -z "$(find "$TMP" -name '*.tmp*')"
 
+# ---- the tools that are not data parallel refuse to run as several ranks ----
+expect_status dp_rollout_refuses_ranks 1 timeout 60 $MPIRUN -np 2 safe-rollout --policy "$MODEL" --prompts "$PROMPTS" \
+    --num-prompts 2 --quiet -o "$TMP/x.safe"
+check dp_rollout_refusal_says_shard grep -q "not data parallel, but started as rank . of 2 (OMPI_COMM_WORLD_SIZE).*--shard K/N" "$TMP/err"
+check dp_rollout_refusal_no_output test ! -e "$TMP/x.safe"
+for t in "safe-score --vader -i $TMP/scored.safe" "safe-pid --init" "safe-cat $TMP/scored.safe"; do
+    expect_status "dp_$(echo "$t" | cut -d' ' -f1)_refuses_world_2" 1 env WORLD_SIZE=2 RANK=1 $t -o "$TMP/x.safe"
+done
+expect_status dp_one_process_under_mpirun_np_1 0 timeout 60 $MPIRUN -np 1 safe-pid --init --quiet -o "$TMP/x.safe"
+# mpirun inside an srun step (an interactive allocation; mpirun's own daemons run as srun
+# steps over the nodes): MPI's world is the truth, the step's task count is not the ranks'
+rm -f "$TMP/x.safe"
+expect_status dp_mpirun_inside_srun_step_update 0 env SLURM_STEP_NUM_TASKS=1 SLURM_NTASKS=1 SLURM_PROCID=0 \
+    timeout 60 $MPIRUN -np 2 safe-update $UPDATE -o "$TMP/policy_srun" --stats "$TMP/stats_srun.safe"
+check dp_mpirun_inside_srun_step_same_policy cmp -s "$TMP/policy1/model.safetensors" "$TMP/policy_srun/model.safetensors"
+
 # ---- refused settings ----
 expect_status dp_refuses_minibatch_smaller_than_ranks 1 timeout 60 $MPIRUN -np 3 safe-update $UPDATE --minibatches 4 -o "$TMP/x"
 check dp_refusal_names_ranks grep -q "cannot be split over 3 ranks" "$TMP/err"
@@ -150,6 +166,18 @@ expect_status dp_refuses_different_options 1 timeout 60 $MPIRUN -np 1 safe-updat
     -np 1 safe-update $UPDATE -o "$TMP/x"
 check dp_different_options_message grep -q "started with different options" "$TMP/err"
 check dp_different_options_no_output test ! -e "$TMP/x"
+# the same command line, but each rank reads another batch (a filesystem that is not shared):
+# stopped at the start, naming what differs
+mkdir -p "$TMP/wd0" "$TMP/wd1"
+cp "$TMP/adv1.safe" "$TMP/wd0/adv.safe"
+safe-rollout --policy "$MODEL" --prompts "$PROMPTS" --num-prompts 4 --samples-per-prompt 2 --max-new-tokens 16 \
+    --seed 4 --iteration 0 --quiet | safe-score --vader --quiet |
+  safe-critic --init-from "$MODEL" --control "$TMP/control0.safe" --seed 3 --quiet -o "$TMP/wd1/adv.safe" --out-critic "$TMP/wd1/c"
+ONE="--policy $MODEL --control $TMP/control0.safe --seed 3 --quiet -i adv.safe -o p --stats s.safe"
+expect_status dp_different_inputs_exit_3 3 timeout 60 $MPIRUN -np 1 -wdir "$TMP/wd0" safe-update $ONE : \
+    -np 1 -wdir "$TMP/wd1" safe-update $ONE
+check dp_different_inputs_named grep -q "the ranks hold different input batches (tokens), input advantages, input log-probs:" "$TMP/err"
+check dp_different_inputs_not_the_weights sh -c "! grep -q 'policy weights' '$TMP/err'"
 expect_status dp_refuses_stdin 1 timeout 60 $MPIRUN -np 2 safe-critic --init-from "$MODEL" --quiet --out-critic "$TMP/x" -o "$TMP/x.safe"
 check dp_stdin_refusal_says_why grep -q "input must be a file" "$TMP/err"
 
@@ -168,6 +196,14 @@ SAFE_COMM_TIMEOUT=2 SAFE_TEST_STALL_RANK=0 timeout 60 $MPIRUN -np 3 safe-critic 
 rc=$?
 check dp_hung_rank0_critic_times_out test "$rc" -eq 3 && grep -q "timed out after 2 s" "$TMP/err"
 check dp_hung_ranks_leave_no_output test ! -e "$TMP/hung" -a ! -e "$TMP/hung.safe" -a ! -e "$TMP/hung2.safe"
+# a rank stopped after the last collective: rank 0 has written its outputs, then waits for it
+# at most the timeout (exit 3) instead of holding the job in MPI_Finalize forever
+SAFE_TEST_STALL_END_RANK=1 timeout 60 $MPIRUN -np 2 safe-update $UPDATE --comm-timeout 2 -o "$TMP/endhung" \
+    --stats "$TMP/endhung.safe" >"$TMP/out" 2>"$TMP/err"
+rc=$?
+check dp_rank_hung_at_end_times_out_exit_3 test "$rc" -eq 3
+check dp_rank_hung_at_end_message grep -q "rank 0: collective barrier (the end of the run) timed out after 2 s" "$TMP/err"
+check dp_rank_hung_at_end_outputs_complete cmp -s "$TMP/policy1/model.safetensors" "$TMP/endhung/model.safetensors"
 check dp_failures_took_under_40s test $(($(date +%s) - t0)) -lt 40
 grep -h "timed out" "$TMP/err" | head -n 1
 

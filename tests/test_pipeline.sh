@@ -64,6 +64,41 @@ make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/sh2" ITERS=1 SHARDS=
 check shards_same_records test "$(safe-cat "$TMP/sh2/0000/rollout.safe" | md5sum)" = "$(safe-cat "$TMP/mk/0000/rollout.safe" | md5sum)"
 check shards_same_policy cmp -s "$TMP/sh2/0000/policy/model.safetensors" "$TMP/mk/0000/policy/model.safetensors"
 
+# ---- SHARDS changed on an existing RUN: the done iteration stays, the next one uses the new
+# split, and the result is the straight run's ----
+cp -a "$TMP/sh2" "$TMP/chg"   # -a: make compares the times
+before=$(cd "$TMP/chg/0000" && ls -l --time-style=+%s.%N stats.safe adv.safe scored.safe | md5sum)
+make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/chg" ITERS=1 SHARDS=3 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
+check shards_changed_done_iteration_kept test "$(cd "$TMP/chg/0000" && ls -l --time-style=+%s.%N stats.safe adv.safe scored.safe | md5sum)" = "$before" \
+    -a ! -e "$TMP/chg/0000/rollout.0-of-3.safe"
+make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/chg" ITERS=2 SHARDS=3 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
+make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/mk" ITERS=2 $SMALL UPDATE_OPTS="--lr 1e-3" >/dev/null 2>&1
+check shards_changed_next_iteration_split_3 test -f "$TMP/chg/0001/scored.2-of-3.safe"
+check shards_changed_same_records test "$(safe-cat "$TMP/chg/0001/scored.safe" | md5sum)" = "$(safe-cat "$TMP/mk/0001/scored.safe" | md5sum)"
+check shards_changed_same_policy cmp -s "$TMP/chg/0001/policy/model.safetensors" "$TMP/mk/0001/policy/model.safetensors"
+# the slices carry i/N: safe-cat joins one split's slices only, each once
+R="--policy $MODEL --prompts $PROMPTS --num-prompts 5 --samples-per-prompt 1 --max-new-tokens 4 --seed 3 --quiet"
+safe-rollout $R -o "$TMP/whole.safe"
+for k in 0 1 2; do safe-rollout $R --shard $k/3 -o "$TMP/sl$k.3.safe"; done
+safe-rollout $R --shard 1/2 -o "$TMP/sl1.2.safe"
+safe-cat -o "$TMP/joined.safe" "$TMP/sl0.3.safe" "$TMP/sl1.3.safe" "$TMP/sl2.3.safe"
+check slices_joined_equal_whole_run cmp -s "$TMP/joined.safe" "$TMP/whole.safe"
+check slices_header_says_which test "$(safe-cat --header "$TMP/sl1.3.safe" | jq -c '[.shard, .num_shards]')" = "[1,3]"
+expect_status slices_of_two_splits_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/sl0.3.safe" "$TMP/sl1.2.safe"
+check slices_of_two_splits_message grep -q 'sl1.2.safe: header: field "num_shards" is 2 but .*sl0.3.safe has 3' "$TMP/err"
+expect_status slice_twice_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/sl0.3.safe" "$TMP/sl2.3.safe" "$TMP/sl0.3.safe"
+check slice_twice_message grep -q "slice 0 of 3 is also in" "$TMP/err"
+check slices_refused_no_output test ! -e "$TMP/bad.safe"
+safe-cat -o "$TMP/part.safe" "$TMP/sl0.3.safe" "$TMP/sl2.3.safe"
+check slices_partial_join_has_no_slice_fields test "$(safe-cat --header "$TMP/part.safe" | jq -c '[.shard, .num_shards]')" = "[null,null]"
+for bad in 0/2x 1/2/5 " 0/2" 2/2 -1/2 1/0 +1/2 x; do
+    expect_status "rollout_shard_refuses_'$bad'" 1 safe-rollout $R --shard "$bad" -o "$TMP/bad.safe"
+done
+for v in "SHARDS=0" "SHARDS=abc" "ITERS=0" "ITERS=1x"; do
+    expect_status "pipeline_refuses_$v" 2 make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/bad" $SMALL "$v"
+    check "pipeline_refuses_${v}_message" grep -q "${v%%=*} must be a whole number >= 1" "$TMP/err"
+done
+
 # ---- HOSTS: shard K on host K mod n through pipelines/on-host, the same records and policy ----
 # A fake ssh: logs the host and the remote command, then runs the command here the way sshd
 # would, as one string for a POSIX login shell (sh, dash on Debian) in a fresh environment.
@@ -84,7 +119,7 @@ export SAFE_SSH="$TMP/ssh"
 make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/hosts" ITERS=1 SHARDS=3 HOSTS="h1 h2" \
     LAUNCH="$TMP/here" $SMALL UPDATE_OPTS="--lr 1e-3" >"$TMP/hosts.log" 2>&1
 # host and output of each remote command: the six shard stages, round robin, nothing else
-sed -n "s/^\([^ ]*\) .*'-o' '[^']*\/\([a-z]*\.[0-9]*\)\.safe'.*/\1 \2/p" "$TMP/ssh.log" 2>/dev/null | sort >"$TMP/ran"
+sed -n "s/^\([^ ]*\) .*'-o' '[^']*\/\([a-z]*\.[0-9]*\)-of-3\.safe'.*/\1 \2/p" "$TMP/ssh.log" 2>/dev/null | sort >"$TMP/ran"
 printf '%s\n' "h1 rollout.0" "h1 rollout.2" "h1 scored.0" "h1 scored.2" "h2 rollout.1" "h2 scored.1" >"$TMP/want"
 check hosts_round_robin test "$(wc -l <"$TMP/ssh.log")" -eq 6 -a "$(cat "$TMP/ran")" = "$(cat "$TMP/want")"
 check hosts_launch_goes_first test "$(sort "$TMP/launch.log")" = "$(printf 'on-host h%s\n' 1 1 1 1 2 2)"

@@ -8,6 +8,7 @@
 // -> shard, .jsonl .json .ndjson .jsonl.zst -> JSON lines), else the opposite of the first
 // input (shard -> JSON lines, JSON lines -> shard). See man/safe-cat.1.
 #include "common.h"     // die, warn, xmalloc, exit codes
+#include "ranks.h"       // ranks_require_one: one process, not several ranks
 #include "progress.h"   // progress_start/update/end
 #include "shard.h"      // ShardReader/Writer, Record, Fields, dtypes
 #include "zio.h"        // ZIn (sniffing the input), ZOut (atomic JSON output)
@@ -48,6 +49,9 @@ static void buf_need(Buf *b, size_t n) {
 static void buf_put(Buf *b, const void *s, size_t n) { buf_need(b, n); memcpy(b->p + b->len, s, n); b->len += n; }
 static void buf_putc(Buf *b, char c) { buf_need(b, 1); b->p[b->len++] = c; }
 static void buf_puts(Buf *b, const char *s) { buf_put(b, s, strlen(s)); }
+
+// What the output header says of rollout slices (check_slices).
+enum { SLICES_AS_IS = 0, SLICES_WHOLE, SLICES_DROP };
 
 // A dtype table: field name -> 'i' or 'f' (the output header's "dtypes").
 typedef struct {
@@ -98,6 +102,7 @@ typedef struct {
     msgpack_sbuffer hbuf;      // the output header, packed
     msgpack_unpacked hdr;      // ... and parsed
     int drop_iteration;        // --force joined different iterations
+    int slices;                // rollout slices joined (check_slices): SLICES_AS_IS, _WHOLE, _DROP
     // output
     ShardWriter *w;
     ZOut *jout;
@@ -805,6 +810,51 @@ static void header_compat(Cat *c, const msgpack_object *a, const char *apath, co
     c->drop_iteration = 1;
 }
 
+// Slices of one rollout (safe-rollout --shard i/N: header fields "shard" i and "num_shards"
+// N, passed on by the later stages) joined into one: all of the same split, none twice, or
+// the batch is wrong without a word (a slice of 2 beside a slice of 3 repeats prompts). All N
+// slices of the split make the whole batch, written as shard 0 of 1 like an unsharded run;
+// some of them (or with inputs that have no slice fields), a batch without slice fields.
+static void check_slices(Cat *c) {
+    int split = 0, with = 0, headers = 0;
+    const char *split_path = NULL;
+    int *seen = NULL;   // (split) 1 + the input that holds each slice, 0: none yet
+    for (int i = 0; i < c->nin; i++) {
+        const msgpack_object *h = input_header(&c->in[i]);
+        if (!h) continue;
+        headers++;
+        const msgpack_object *si = hget(h, "shard"), *ni = hget(h, "num_shards");
+        if (!si && !ni) continue;
+        const char *path = c->in[i].path;
+        if (!si || !ni || si->type != MSGPACK_OBJECT_POSITIVE_INTEGER || ni->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            ni->via.u64 < 1 || ni->via.u64 > 1000000 || si->via.u64 >= ni->via.u64)
+            die(EXIT_BADINPUT, "%s: header: fields \"shard\" and \"num_shards\" must be whole numbers with shard < "
+                "num_shards <= 1000000 (as safe-rollout --shard writes them)", path);
+        int k = (int)si->via.u64, n = (int)ni->via.u64;
+        if (!split_path) {
+            split = n;
+            split_path = path;
+            seen = xcalloc((size_t)n, sizeof(int));
+        } else if (n != split) {
+            free(seen);
+            die(EXIT_BADINPUT, "%s: header: field \"num_shards\" is %d but %s has %d: these are slices of different "
+                "splits of the prompts (did SHARDS change? join the slices of one split)", path, n, split_path, split);
+        }
+        if (seen[k]) {
+            const char *other = c->in[seen[k] - 1].path;
+            free(seen);
+            die(EXIT_BADINPUT, "%s: header: slice %d of %d is also in %s: refusing to join a slice twice (its "
+                "prompts would appear twice in the batch)", path, k, n, other);
+        }
+        seen[k] = i + 1;
+        with++;
+    }
+    free(seen);
+    if (c->nin == 1 || !split_path) c->slices = SLICES_AS_IS;
+    else if (with == headers && with == split) c->slices = SLICES_WHOLE;
+    else c->slices = SLICES_DROP;
+}
+
 static void dtypes_from_header(Dtypes *d, const msgpack_object *h) {
     const msgpack_object *m = hget(h, "dtypes");
     if (!m || m->type != MSGPACK_OBJECT_MAP) return;
@@ -834,6 +884,18 @@ static int is_own_key(const msgpack_object *k) {
         if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(own[i]) &&
             memcmp(k->via.str.ptr, own[i], k->via.str.size) == 0) return 1;
     return 0;
+}
+
+static int key_is(const msgpack_object *k, const char *name) {
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(name) &&
+           memcmp(k->via.str.ptr, name, k->via.str.size) == 0;
+}
+
+// Header keys build_header leaves out: iteration after --force across iterations, the slice
+// fields of a partial join of rollout slices.
+static int dropped_key(const Cat *c, const msgpack_object *k) {
+    if (c->drop_iteration && key_is(k, "iteration")) return 1;
+    return c->slices == SLICES_DROP && (key_is(k, "shard") || key_is(k, "num_shards"));
 }
 
 static void pack_kv_str(msgpack_packer *pk, const char *k, const char *v) {
@@ -866,8 +928,7 @@ static void build_header(Cat *c, const msgpack_object *base) {
     if (base)
         for (uint32_t i = 0; i < base->via.map.size; i++) {
             const msgpack_object *k = &base->via.map.ptr[i].key;
-            if (is_own_key(k) || (c->drop_iteration && k->type == MSGPACK_OBJECT_STR && k->via.str.size == 9 &&
-                                  memcmp(k->via.str.ptr, "iteration", 9) == 0)) continue;
+            if (is_own_key(k) || dropped_key(c, k)) continue;
             n++;
         }
     msgpack_pack_map(&pk, n);
@@ -885,10 +946,11 @@ static void build_header(Cat *c, const msgpack_object *base) {
     if (base)
         for (uint32_t i = 0; i < base->via.map.size; i++) {
             const msgpack_object *k = &base->via.map.ptr[i].key;
-            if (is_own_key(k) || (c->drop_iteration && k->type == MSGPACK_OBJECT_STR && k->via.str.size == 9 &&
-                                  memcmp(k->via.str.ptr, "iteration", 9) == 0)) continue;
+            if (is_own_key(k) || dropped_key(c, k)) continue;
             msgpack_pack_object(&pk, *k);
-            msgpack_pack_object(&pk, base->via.map.ptr[i].val);
+            if (c->slices == SLICES_WHOLE && key_is(k, "shard")) msgpack_pack_int(&pk, 0);
+            else if (c->slices == SLICES_WHOLE && key_is(k, "num_shards")) msgpack_pack_int(&pk, 1);
+            else msgpack_pack_object(&pk, base->via.map.ptr[i].val);
         }
     msgpack_pack_str_with_body(&pk, "dtypes", 6);
     msgpack_pack_map(&pk, (size_t)c->dt.n);
@@ -1014,6 +1076,8 @@ int main(int argc, char **argv) {
     safe_progname = "safe-cat";
     Cat c = {0};
     parse_args(&c.o, argc, argv);
+    ranks_require_one("start it once, without a launcher (only safe-critic and safe-update run as several ranks)");
+    output_check(c.o.out, "-o");
     char *dash[] = {"-"};
     char **paths = optind < argc ? argv + optind : dash;
     c.nin = optind < argc ? argc - optind : 1;
@@ -1048,6 +1112,7 @@ int main(int argc, char **argv) {
         if (!base) { base = h; base_path = c.in[i].path; continue; }
         header_compat(&c, base, base_path, h, c.in[i].path);
     }
+    check_slices(&c);
     build_header(&c, base);
     open_output(&c);
 

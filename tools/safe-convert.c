@@ -17,6 +17,7 @@
 
 #include "checkpoint.h"  // model_load, model_tokenizer_path, checkpoint_save
 #include "common.h"      // die, exit codes, safe_progname
+#include "ranks.h"       // ranks_require_one: one process, not several ranks
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -71,6 +72,7 @@ int main(int argc, char **argv) {
         }
     }
     if (argc - optind != 2) { usage(stderr); return EXIT_USAGE; }
+    ranks_require_one("start it once, without a launcher (only safe-critic and safe-update run as several ranks)");
     const char *in = argv[optind], *out = argv[optind + 1];
     if (tok && no_tok) die(EXIT_USAGE, "--tokenizer and --no-tokenizer exclude each other");
     char a[4096], b[4096];

@@ -560,11 +560,14 @@ int main(int argc, char **argv) {
     double beta = read_beta(&o);
     RecStore *s = recstore_read(o.input);
     shard_expect_kind(&s->header, "scored|adv", "safe-critic reads safe-score's output (records with a reward)");
-    if (s->n < 2) die(EXIT_BADINPUT, "%s: %zu records: the critic needs at least 2 to whiten advantages", s->path, s->n);
+    if (s->n == 0) die(EXIT_BADINPUT, "%s: no records", s->path);
+    if (s->n < 2 && !o.no_whiten && strcmp(o.adv_mode, "seq") == 0)
+        die(EXIT_BADINPUT, "%s: 1 record: --adv seq whitens advantages over the sequences and needs at least 2 "
+            "(or give --no-whiten)", s->path);
     if (s->n % (size_t)o.minibatches != 0)
         die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);
     if (s->n / (size_t)o.minibatches < (size_t)ci->world)
-        die(EXIT_USAGE, "minibatches of %zu records cannot be split over %d ranks: use fewer --minibatches or fewer ranks",
+        die(EXIT_USAGE, "minibatches of %zu record(s) cannot be split over %d ranks: use fewer --minibatches or fewer ranks",
             s->n / (size_t)o.minibatches, ci->world);
     long iteration = (long)recstore_header_f64(s, "iteration", 0);
 
@@ -581,7 +584,10 @@ int main(int argc, char **argv) {
                          comm_hash(c->opt_head->m, c->opt_head->n * sizeof(float)),
                          comm_hash(&c->norm, sizeof c->norm) ^ comm_hash(&beta, sizeof beta),
                          comm_hash(sb->tokens, (size_t)sb->B * sb->T * sizeof(int32_t))};
-        comm_check_same(h, sizeof h, "the critic, its optimiser state, the control state or the input batch");
+        static const char *const names[7] = {"critic weights (backbone)", "value heads", "AdamW first moments",
+                                             "AdamW second moments", "value-head AdamW moments",
+                                             "control state (reward normaliser, beta)", "input batch (tokens)"};
+        comm_check_same_hashes(h, 7, names);
         if (root && !o.quiet)
             fprintf(stderr, "safe-critic: %d ranks (%s): each values 1/%d of the batch and takes its slice of "
                     "every minibatch of %zu records; rank 0 writes the outputs\n", ci->world, ci->source, ci->world,

@@ -8,6 +8,7 @@
 #include "backend.h"      // Backend: the model on the CPU or the GPU (--device)
 #include "checkpoint.h"   // model_load, model_tokenizer_path
 #include "common.h"       // die, exit codes, safe_progname
+#include "ranks.h"       // ranks_require_one: one process, not several ranks
 #include "generate.h"     // generate, GenRequest, GenResult
 #include "tokenizer.h"    // tokenizer_load, tokenizer_encode, tokenizer_decode
 
@@ -146,6 +147,7 @@ int main(int argc, char **argv) {
         }
     }
     if (optind < argc) die(EXIT_USAGE, "unexpected argument \"%s\" (see --help)", argv[optind]);
+    ranks_require_one("start it once, without a launcher (only safe-critic and safe-update run as several ranks)");
     if (!model_path) die(EXIT_USAGE, "--model is required (see --help)");
     if (strcmp(format, "text") != 0 && strcmp(format, "jsonl") != 0)
         die(EXIT_USAGE, "--format must be text or jsonl, got \"%s\"", format);

@@ -10,6 +10,7 @@
 // fields. Everything the controller remembers (EMA, integral, last error, reward history,
 // β, the KL trackers) is in that record, so a run resumes exactly.
 #include "common.h"    // die, warn, exit codes, SAFE_VERSION
+#include "ranks.h"       // ranks_require_one: one process, not several ranks
 #include "control.h"   // ControlParams, ControlState, control_update
 #include "losses.h"    // kl_ctl_update
 #include "shard.h"     // ShardReader/Writer, Record, Fields
@@ -437,6 +438,8 @@ int main(int argc, char **argv) {
     safe_progname = "safe-pid";
     Options o;
     parse_options(argc, argv, &o);
+    ranks_require_one("start it once, without a launcher (only safe-critic and safe-update run as several ranks)");
+    output_check(o.out_path, "-o");
 
     static ControlState s;   // ~8 KiB of history: keep it off the stack
     Extra x = {.iteration = 0, .k_short = 0, .k_long = 0, .beta = o.beta, .reward_mean = NAN, .kl = NAN};

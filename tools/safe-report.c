@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "common.h"   // die, xmalloc, exit codes
+#include "ranks.h"       // ranks_require_one: one process, not several ranks
 #include "shard.h"    // reading stats and control shards
 
 typedef struct {
@@ -238,6 +239,7 @@ int main(int argc, char **argv) {
         return EXIT_USAGE;
     }
     const char *dir = argv[optind];
+    ranks_require_one("start it once, without a launcher (only safe-critic and safe-update run as several ranks)");
     if (line) {
         Iter it = read_iter(dir);
         print_line(&it, tsv);

@@ -4,6 +4,7 @@
 //
 //   safe-rollout --policy run/0003/policy --ref stories260K.bin --prompts prompts.jsonl
 //                --num-prompts 16 --samples-per-prompt 4 --iteration 4 -o rollout.safe
+#include <ctype.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -14,6 +15,7 @@
 #include "checkpoint.h"  // model_load, model_tokenizer_path
 #include "cli.h"         // opt_float, opt_int, opt_u64
 #include "common.h"      // die, xmalloc, exit codes
+#include "ranks.h"       // ranks_require_one: one process, not several ranks
 #include "generate.h"    // generate: batched KV-cached sampling
 #include "seqbatch.h"    // teacher-forced log-probs under the reference
 #include "shard.h"       // output records; prompts given as a shard
@@ -58,6 +60,21 @@ static void usage(FILE *f) {
         "  --help, --version\n");
 }
 
+// --shard i/N: two plain whole numbers, 0 <= i < N, nothing else around them
+static void parse_shard(const char *s, int *i, int *n) {
+    const char *slash = strchr(s, '/');
+    int ok = slash && slash > s && isdigit((unsigned char)s[0]) && isdigit((unsigned char)slash[1]);
+    if (ok) {
+        char *end;
+        long a = strtol(s, &end, 10), b = strtol(slash + 1, &end, 10);
+        ok = *end == 0 && end > slash + 1 && a >= 0 && b >= 1 && a < b && b <= 1000000;
+        for (const char *q = s; q < slash; q++) ok = ok && isdigit((unsigned char)*q);
+        *i = (int)a;
+        *n = (int)b;
+    }
+    if (!ok) die(EXIT_USAGE, "--shard wants i/N with whole numbers 0 <= i < N (N up to 1000000), got '%s'", s);
+}
+
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_POLICY = 256, O_REF, O_TOK, O_PROMPTS, O_NUM, O_SAMPLES, O_MAXNEW, O_MAXPROMPT, O_TEMP,
            O_TOPK, O_TOPP, O_ALLOW, O_SEED, O_ITER, O_SHARD, O_BATCH, O_LEVEL, O_QUIET, O_HELP,
@@ -95,9 +112,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         case O_SEED: o->seed = opt_u64("seed", optarg); break;
         case O_ITER: o->iteration = opt_int("iteration", optarg); break;
         case O_SHARD:
-            if (sscanf(optarg, "%d/%d", &o->shard_i, &o->shard_n) != 2 || o->shard_n < 1 ||
-                o->shard_i < 0 || o->shard_i >= o->shard_n)
-                die(EXIT_USAGE, "--shard wants i/N with 0 <= i < N, got '%s'", optarg);
+            parse_shard(optarg, &o->shard_i, &o->shard_n);
             break;
         case O_BATCH: o->batch = opt_int("batch", optarg); break;
         case 'o': o->output = optarg; break;
@@ -199,6 +214,11 @@ static Prompts read_prompts(const char *path) {
 
 // This iteration's prompts (indices into p), then this shard's contiguous slice of them.
 static int *select_prompts(const Options *o, const Prompts *p, int *count) {
+    // more than the file holds would take prompts twice in one iteration, and a prompt's id
+    // keys its draws: the same completion twice, counted twice
+    if (o->num_prompts > p->n)
+        die(EXIT_USAGE, "--num-prompts %d, but %s holds %d prompts: ask for at most %d (each iteration takes "
+            "the next ones, going round the file)", o->num_prompts, o->prompts, p->n, p->n);
     int n = o->num_prompts ? o->num_prompts : p->n;
     int lo = (int)((long)n * o->shard_i / o->shard_n), hi = (int)((long)n * (o->shard_i + 1) / o->shard_n);
     int *idx = xmalloc((hi - lo + 1) * sizeof(int));
@@ -287,6 +307,8 @@ static void write_records(const Options *o, const Tokenizer *tok, const Prompts 
     snprintf(tokid, sizeof tokid, "fnv1a64:%016llx", (unsigned long long)tok->hash);
     fields_str(h, "tokenizer", tokid);
     fields_i64(h, "iteration", o->iteration);
+    fields_i64(h, "shard", o->shard_i);        // this slice of the iteration's prompts:
+    fields_i64(h, "num_shards", o->shard_n);   // safe-cat checks slices joined together
     fields_i64(h, "seed", (int64_t)o->seed);
     fields_f64(h, "temperature", o->temperature);
     fields_i64(h, "top_k", o->top_k);
@@ -329,6 +351,8 @@ int main(int argc, char **argv) {
     safe_progname = "safe-rollout";
     Options o;
     parse_args(argc, argv, &o);
+    ranks_require_one("start one process per shard instead (safe-rollout --shard K/N; pipelines/safe.mk SHARDS=N runs them)");
+    output_check(o.output, "-o");
 
     Model *policy = model_load(o.policy);
     Model *ref = strcmp(o.ref, o.policy) == 0 ? policy : model_load(o.ref);

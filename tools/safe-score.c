@@ -21,6 +21,7 @@
 
 #include "cli.h"         // opt_float, opt_int, opt_u64
 #include "common.h"    // die, warn, xmalloc, safe_data_dir, exit codes
+#include "ranks.h"       // ranks_require_one: one process, not several ranks
 #include "progress.h"  // progress on stderr
 #include "reward_model.h"  // RM_TRUNC_RIGHT / RM_TRUNC_LEFT
 #include "scorer.h"    // Scorer: scorer_vader, scorer_exec, scorer_rm, scorer_score_batch
@@ -80,7 +81,7 @@ static void usage(FILE *f) {
         "  -i, --input FILE         rollout shard ('-' = stdin, the default)\n"
         "  -o, --output FILE        scored shard ('-' = stdout, the default)\n"
         "  --level N                zstd level of the output (3; 0 = raw msgpack)\n"
-        "  --quiet                  no progress on stderr\n"
+        "  -q, --quiet              no progress on stderr\n"
         "  --help, --version\n"
         "\n"
         "Exit status: 0 ok, 1 usage, 2 bad input or a scorer answer that is not a reward,\n"
@@ -116,7 +117,7 @@ static void parse_args(int argc, char **argv, Options *o) {
                    .rmo = {.input = RM_INPUT_TOKENS, .batch = 8, .trunc_side = RM_TRUNC_RIGHT}};
     int rm_opt = 0;   // an --rm-* option was given
     int c;
-    while ((c = getopt_long(argc, argv, "i:o:", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "i:o:q", longs, NULL)) != -1) {
         switch (c) {
         case O_VADER:
             o->use_vader = 1;
@@ -138,6 +139,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         case 'i': o->input = optarg; break;
         case 'o': o->output = optarg; break;
         case O_LEVEL: o->level = opt_int("level", optarg); break;
+        case 'q':
         case O_QUIET: o->quiet = 1; break;
         case O_RM: o->rm = optarg; break;
         case O_RM_INPUT:
@@ -274,6 +276,8 @@ int main(int argc, char **argv) {
     safe_progname = "safe-score";
     Options o;
     parse_args(argc, argv, &o);
+    ranks_require_one("start one process per shard instead (safe-score on each rollout shard; pipelines/safe.mk SHARDS=N runs them)");
+    output_check(o.output, "-o");
 
     // the scorer first: a bad lexicon or command fails before any output exists
     Scorer *sc;

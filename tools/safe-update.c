@@ -481,7 +481,7 @@ int main(int argc, char **argv) {
     if (s->n % (size_t)o.minibatches != 0)
         die(EXIT_USAGE, "--minibatches %d does not divide the batch of %zu records", o.minibatches, s->n);
     if (s->n / (size_t)o.minibatches < (size_t)ci->world)
-        die(EXIT_USAGE, "minibatches of %zu records cannot be split over %d ranks: use fewer --minibatches or fewer ranks",
+        die(EXIT_USAGE, "minibatches of %zu record(s) cannot be split over %d ranks: use fewer --minibatches or fewer ranks",
             s->n / (size_t)o.minibatches, ci->world);
     double rollout_temp = recstore_header_f64(s, "temperature", -1);
     if (o.temperature < 0) o.temperature = rollout_temp > 0 ? (float)rollout_temp : 1.0f;
@@ -518,7 +518,10 @@ int main(int argc, char **argv) {
                          (uint64_t)opt->step, comm_hash(&ctl, sizeof ctl),
                          comm_hash(full->tokens, (size_t)full->B * full->T * sizeof(int32_t)),
                          comm_hash(adv, full->n_resp * sizeof(float)), comm_hash(old, full->n_resp * sizeof(float))};
-        comm_check_same(h, sizeof h, "the policy, optimiser state, control state or input batch");
+        static const char *const names[8] = {"policy weights", "AdamW first moments", "AdamW second moments",
+                                             "AdamW step counts", "control states", "input batches (tokens)",
+                                             "input advantages", "input log-probs"};
+        comm_check_same_hashes(h, 8, names);
         if (root && !o.quiet)
             fprintf(stderr, "safe-update: %d ranks (%s): each takes its slice of every minibatch of %d records; "
                     "rank 0 writes the outputs\n", ci->world, ci->source, B / o.minibatches);

@@ -196,14 +196,15 @@ static int collective_begin(const char *kind, const char *what) {
 #ifdef SAFE_MPI
 // Poll one request until it completes or the deadline passes. Yield first (a peer may need
 // this core: ranks often outnumber cores in tests), then sleep 0.2 ms between polls.
-static void comm_wait(MPI_Request *req, const char *kind, const char *what) {
+// timeout <= 0: no deadline (the same gentle polling, rather than MPI_Wait's busy loop).
+static void comm_wait_for(MPI_Request *req, double timeout, const char *kind, const char *what) {
     double t0 = now_seconds();
     long polls = 0;
     for (;;) {
         int done = 0, rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS) mpi_die(rc, kind, what);
         if (done) return;
-        if (now_seconds() - t0 > info.timeout)
+        if (timeout > 0 && now_seconds() - t0 > timeout)
             die(EXIT_RUNTIME, "rank %d: collective %s (%s) timed out after %g s: a peer rank probably died "
                 "(if one is only slow, raise --comm-timeout or SAFE_COMM_TIMEOUT)", info.rank, kind, what,
                 info.timeout);
@@ -214,6 +215,10 @@ static void comm_wait(MPI_Request *req, const char *kind, const char *what) {
             nanosleep(&ts, NULL);
         }
     }
+}
+
+static void comm_wait(MPI_Request *req, const char *kind, const char *what) {
+    comm_wait_for(req, info.timeout, kind, what);
 }
 
 #define CHECK_MPI(call, kind, what) do { int rc_ = (call); if (rc_ != MPI_SUCCESS) mpi_die(rc_, kind, what); } while (0)
@@ -382,8 +387,7 @@ void comm_finalize(void) {
         }
         MPI_Request req;
         CHECK_MPI(MPI_Ibarrier(MPI_COMM_WORLD, &req), "barrier", "the end of the run");
-        if (info.rank == 0) comm_wait(&req, "barrier", "the end of the run");
-        else CHECK_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE), "barrier", "the end of the run");
+        comm_wait_for(&req, info.rank == 0 ? info.timeout : 0, "barrier", "the end of the run");
     }
     finalized = 1;   // only now: a timeout above still takes the job down (on_exit_abort)
     if (info.mpi) MPI_Finalize();

@@ -193,7 +193,8 @@ static void nccl_ready(Backend *bk) {
 
 // How the device gradients cross the ranks: not at all (one rank), over NCCL on the device
 // (several ranks in a build with NCCL; SAFE_NCCL=1 also with one rank: a real one-rank
-// communicator, so one GPU checks the NCCL path and its overlap), or through the host over
+// communicator, so one GPU runs this NCCL code, though NCCL's one-rank in-place all-reduce
+// does no work on the second stream), or through the host over
 // MPI (SAFE_NCCL=0, or a build without NCCL). Decided once, the same on every rank.
 typedef enum { ROUTE_NONE = 0, ROUTE_HOST, ROUTE_NCCL } GradRoute;
 

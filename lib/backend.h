@@ -87,8 +87,8 @@ void backend_zero_grad(Backend *bk);
 // SAFE_NCCL_OVERLAP=0 instead sums the whole buffer in one call after the backward; every
 // rank must see the same SAFE_NCCL_OVERLAP and SAFE_NCCL_BUCKET_MB (checked at the first
 // zeroing: exit 1). SAFE_NCCL=0 sends the gradients through the host even with NCCL built;
-// SAFE_NCCL=1 uses NCCL even with one rank (a one-rank communicator: the NCCL path and its
-// overlap checked on a single GPU). Honest note: compiled and checked on the CPU emulator
+// SAFE_NCCL=1 uses NCCL even with one rank (a one-rank communicator: the NCCL code runs on a
+// single GPU, though NCCL's one-rank in-place all-reduce does no work). Honest note: compiled and checked on the CPU emulator
 // only (its NCCL stand-in, tests/test_nccl_emu.sh), not yet run on GPUs
 // (tests/gpu/multi_gpu.sh compares the modes on 1 GPU and on 2 or more).
 void backend_allreduce_grads(Backend *bk, const char *what);

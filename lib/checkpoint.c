@@ -7,6 +7,7 @@
 #include "gguf.h"         // gguf_open, gguf_load_model, gguf_write_meta_subset for .gguf models
 #include "llama2c.h"      // llama2c_load for .bin files
 #include "tokenizer.h"    // tokenizer_gguf_export: a GGUF's tokenizer as tokenizer.json
+#include "zio.h"          // zout_signal_dir: the temporary directory goes on SIGTERM too
 
 #include <dirent.h>
 #include <errno.h>
@@ -320,6 +321,7 @@ void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *par
     if (mkdir(tmp, 0755) != 0) die(EXIT_RUNTIME, "cannot create %s: %s", tmp, strerror(errno));
     if (!pending_hook) { atexit(pending_cleanup); pending_hook = 1; }
     pending_tmp = xstrdup(tmp);
+    zout_signal_dir(tmp);   // and on SIGINT/SIGTERM/SIGHUP
 
     // config.json: floats with 9 significant digits (float32 round-trips, 1e-05 stays 1e-05)
     json_t *cfg = config_json(&m->cfg, parts);
@@ -373,6 +375,7 @@ void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *par
         if (had_old) rename(old, final);   // put the previous checkpoint back
         die(EXIT_RUNTIME, "cannot rename %s to %s: %s", tmp, final, strerror(e));
     }
+    zout_signal_dir(NULL);
     free(pending_tmp);
     pending_tmp = NULL;
     if (had_old && rm_tree(old) != 0) warn("could not remove the previous checkpoint %s: %s", old, strerror(errno));

@@ -142,9 +142,12 @@ void output_parent_check(const char *path, const char *option) {
 
 void output_check(const char *path, const char *option) {
     if (!path || !strcmp(path, "-")) return;
+    if (!*path) die(EXIT_USAGE, "%s: an empty file name (give a path, or - for standard output)", option);
+    if (path[strlen(path) - 1] == '/') die(EXIT_USAGE, "%s %s: that names a directory; give a file name", option, path);
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
         die(EXIT_USAGE, "%s %s: that is a directory; give a file name", option, path);
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) return;   // a device or pipe: written as it is
     output_parent_check(path, option);
 }
 

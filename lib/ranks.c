@@ -29,27 +29,36 @@ const char *ranks_mpi_launcher_var(void) {
 
 EnvRanks ranks_from_env(void) {
     EnvRanks r = {.rank = 0, .world = 1, .local_rank = 0, .source = "single", .what = ""};
-    int steps = 0;
+    int rank = 0, world = 0, local = 0, steps = 0;
     // An srun task: only srun sets SLURM_STEP_NUM_TASKS (a batch script's own shell also has
-    // SLURM_PROCID=0 and the job's SLURM_NTASKS, and must stay a single rank).
-    if (env_count("SLURM_STEP_NUM_TASKS", &steps) && env_count("SLURM_PROCID", &r.rank) &&
-        env_count("SLURM_NTASKS", &r.world)) {
-        env_count("SLURM_LOCALID", &r.local_rank);
+    // SLURM_PROCID=0 and the job's SLURM_NTASKS, and must stay a single rank). The step's
+    // task count is the world; its SLURM_NTASKS, when set, must agree.
+    if (env_count("SLURM_STEP_NUM_TASKS", &steps)) {
+        if (!env_count("SLURM_PROCID", &rank))
+            die(EXIT_USAGE, "SLURM_STEP_NUM_TASKS=%d is set but SLURM_PROCID is not: an incomplete srun "
+                "environment (unset SLURM_STEP_NUM_TASKS to run as one process)", steps);
+        if (env_count("SLURM_NTASKS", &world) && world != steps)
+            die(EXIT_USAGE, "SLURM_STEP_NUM_TASKS=%d but SLURM_NTASKS=%d: an inconsistent srun environment", steps,
+                world);
+        env_count("SLURM_LOCALID", &local);
         r.source = "slurm";
-        r.what = "SLURM_PROCID/SLURM_NTASKS";
-    } else if (env_count("WORLD_SIZE", &r.world)) {
-        if (!env_count("RANK", &r.rank)) die(EXIT_USAGE, "WORLD_SIZE is set but RANK is not: set both (and LOCAL_RANK)");
-        env_count("LOCAL_RANK", &r.local_rank);
+        r.what = "SLURM_PROCID/SLURM_STEP_NUM_TASKS";
+        world = steps;
+    } else if (env_count("WORLD_SIZE", &world)) {
+        if (!env_count("RANK", &rank)) die(EXIT_USAGE, "WORLD_SIZE is set but RANK is not: set both (and LOCAL_RANK)");
+        env_count("LOCAL_RANK", &local);
         r.source = "env";
         r.what = "RANK/WORLD_SIZE";
     } else {
-        int rank;
         if (env_count("RANK", &rank))
             die(EXIT_USAGE, "RANK is set but WORLD_SIZE is not: set both (and LOCAL_RANK), or neither for one process");
         return r;
     }
-    if (r.world < 1 || r.rank >= r.world)
-        die(EXIT_USAGE, "rank %d is not below the world size %d (from %s)", r.rank, r.world, r.what);
+    if (world < 1 || rank >= world)
+        die(EXIT_USAGE, "rank %d is not below the world size %d (from %s)", rank, world, r.what);
+    r.rank = rank;
+    r.world = world;
+    r.local_rank = local;
     return r;
 }
 
@@ -61,7 +70,10 @@ EnvRanks ranks_launched(void) {
         int has_rank = env_count(mpi[i][0], &rank);
         int has_world = mpi[i][1] && env_count(mpi[i][1], &world);
         if (!has_rank && !has_world) continue;
-        if (!has_world) world = rank + 1;   // PMIx: the rank only
+        if (!has_world) {   // PMIx gives the rank only: the size from srun's variables, if any
+            EnvRanks e = ranks_from_env();
+            world = e.world > rank + 1 ? e.world : rank + 1;
+        }
         return (EnvRanks){.rank = rank, .world = world, .local_rank = 0, .source = "mpi",
                           .what = mpi[i][1] ? mpi[i][1] : mpi[i][0]};
     }

@@ -5,10 +5,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -188,9 +191,32 @@ void zin_close(ZIn *z) {
 #define ZIO_MAX_OPEN 64
 static char *volatile open_tmp[ZIO_MAX_OPEN];
 
+static char signal_dir[4096];   // zout_signal_dir's, "" when none
+
+// Empty and remove a flat directory with async-signal-safe calls only (no opendir/malloc).
+static void remove_flat_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    uint64_t words[512];   // getdents64 records are 8-byte aligned within the buffer
+    char *buf = (char *)words;
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, buf, sizeof words);
+        if (n <= 0) break;
+        for (long off = 0; off < n;) {
+            struct dirent64_raw { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; };
+            const struct dirent64_raw *d = (const void *)(buf + off);
+            if (strcmp(d->name, ".") != 0 && strcmp(d->name, "..") != 0) unlinkat(fd, d->name, 0);
+            off += d->reclen;
+        }
+    }
+    close(fd);
+    rmdir(dir);
+}
+
 static void on_fatal_signal(int sig) {
     for (int i = 0; i < ZIO_MAX_OPEN; i++)
         if (open_tmp[i]) unlink(open_tmp[i]);
+    if (signal_dir[0]) remove_flat_dir(signal_dir);
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -210,6 +236,15 @@ static void signals_install(void) {
     }
 }
 
+void zout_signal_dir(const char *dir) {
+    signals_install();
+    signal_dir[0] = '\0';   // never half a path in the handler's view
+    if (!dir) return;
+    if (strlen(dir) >= sizeof signal_dir) return;   // too long to keep: left to the atexit cleanup
+    memcpy(signal_dir + 1, dir + 1, strlen(dir));   // everything but the first byte, then it
+    signal_dir[0] = dir[0];
+}
+
 static void open_tmp_set(char *tmp, int on) {
     for (int i = 0; i < ZIO_MAX_OPEN; i++) {
         if (on && !open_tmp[i]) { open_tmp[i] = tmp; return; }
@@ -224,8 +259,8 @@ static void open_tmp_set(char *tmp, int on) {
 
 struct ZOut {
     char *path;
-    char *tmp;                // NULL when writing to stdout
-    int fd;
+    char *tmp;                // NULL when writing to stdout or straight to a device or pipe
+    int fd, own_fd;           // own_fd: fd opened here without a temporary name (closed at the end)
     int level;
     ZSTD_CCtx *cctx;
     unsigned char *stage;     // uncompressed bytes waiting to be compressed / written
@@ -259,8 +294,15 @@ ZOut *zout_open(const char *path, int level) {
     live_out = z;
     z->path = xstrdup(path);
     z->level = level;
+    struct stat st;
     if (strcmp(path, "-") == 0) {
         z->fd = 1;
+    } else if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        // a device, FIFO or socket (/dev/null, /dev/stdout, a process substitution): written
+        // as it goes, like stdout; a temporary name and a rename would replace it by a file
+        z->fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (z->fd < 0) die(EXIT_RUNTIME, "cannot open %s for writing: %s", path, strerror(errno));
+        z->own_fd = 1;
     } else {
         size_t n = strlen(path) + 32;
         z->tmp = xmalloc(n);
@@ -351,6 +393,8 @@ void zout_commit(ZOut *z) {
             die(EXIT_RUNTIME, "cannot rename %s to %s: %s", z->tmp, z->path, strerror(errno));
         open_tmp_set(z->tmp, 0);
         tmpfile_unregister(z->tmp);
+    } else if (z->own_fd && close(z->fd) != 0) {
+        die(EXIT_RUNTIME, "cannot write %s: %s", z->path, strerror(errno));
     }
     zout_free(z);
 }
@@ -362,6 +406,8 @@ void zout_abort(ZOut *z) {
         unlink(z->tmp);
         open_tmp_set(z->tmp, 0);
         tmpfile_unregister(z->tmp);
+    } else if (z->own_fd) {
+        close(z->fd);
     }
     zout_free(z);
 }

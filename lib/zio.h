@@ -39,6 +39,11 @@ void zout_flush(ZOut *z);    // make everything written so far readable downstre
 void zout_commit(ZOut *z);   // end the frame, close, rename the temp file; frees z
 void zout_abort(ZOut *z);    // close and remove the temp file; frees z
 const char *zout_path(const ZOut *z);
+// A temporary output directory being filled (a checkpoint before its rename; flat: files
+// only): emptied and removed on SIGINT/SIGTERM/SIGHUP, as the temp files of open writers
+// are. One at a time; NULL when it has been renamed into place. The caller removes it on
+// die()/exit() itself (atexit).
+void zout_signal_dir(const char *dir);
 size_t zout_bytes_in(const ZOut *z);    // bytes given to zout_write so far
 size_t zout_bytes_out(const ZOut *z);   // bytes written to the file so far
 

@@ -87,19 +87,26 @@ ifneq ($(KEEP_OPT),)
     $(error KEEP_OPT must be a whole number >= 1 (iterations whose optimiser state is kept), got '$(KEEP_OPT)')
   endif
 endif
-# whole numbers >= 1, checked before they reach seq and the shell's arithmetic
-count_ok = $(shell case '$(1)' in ('' | *[!0-9]*) ;; (*) [ '$(1)' -ge 1 ] && echo ok ;; esac)
-$(foreach v,ITERS SHARDS,$(if $(call count_ok,$($(v))),,$(error $(v) must be a whole number >= 1, got '$($(v))')))
+# whole numbers from 1 to 100000 without leading zeros, checked before they reach seq and the
+# shell's arithmetic (and file names: SHARDS is in the shards' names)
+count_ok = $(shell case '$(1)' in ('' | *[!0-9]* | 0*) ;; (*) [ '$(1)' -le 100000 ] && echo ok ;; esac)
+$(foreach v,ITERS SHARDS,$(if $(call count_ok,$($(v))),,$(error $(v) must be a whole number from 1 to 100000, got '$($(v))')))
+# GNU make walks the chain of iterations recursively: about 1.5 KiB of its stack per
+# iteration, so the default 8 MiB stops near 5,000 (make itself would crash further on)
+ifneq ($(shell s=$$(ulimit -s); [ "$$s" != unlimited ] && [ "$$s" -lt $$(( $(ITERS) * 3 / 2 )) ] && echo $$s),)
+  $(error ITERS=$(ITERS) needs more stack for make than 'ulimit -s' gives ($(shell ulimit -s) KiB): run 'ulimit -s unlimited' (or at least $(shell echo $$(( $(ITERS) * 3 / 2 )))) in this shell first)
+endif
 ITER_NAMES := $(shell seq -f %04g 0 $$(( $(ITERS) - 1 )))
 SHARD_IDS  := $(shell seq 0 $$(( $(SHARDS) - 1 )))
 LAST       := $(lastword $(ITER_NAMES))
 B          := $(SAFE_BIN)
 DEV        := $(if $(DEVICE),--device $(DEVICE))
 
-# Previous iteration's name (empty for the first).
-prev = $(if $(filter 0000,$(1)),,$(shell printf %04d $$(expr $(1) - 1)))
-# Iteration number without leading zeros.
-num = $(shell expr $(1) + 0)
+# Previous iteration's name (empty for the first): PREV_0007 = 0006, set where the rules are
+# made (no shell per rule, so that a run of many iterations still parses quickly).
+prev = $(PREV_$(1))
+# Iteration number without leading zeros (names have four digits, or more without zeros).
+num = $(or $(patsubst 0%,%,$(patsubst 0%,%,$(patsubst 0%,%,$(1)))),0)
 # Policy, critic and control state that iteration $(1) starts from, and their make targets.
 policy_path  = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/policy,$(MODEL))
 policy_dep   = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/stats.safe,$(MODEL))
@@ -108,8 +115,10 @@ critic_dep   = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/adv.safe,$(MODEL)
 control_path = $(if $(call prev,$(1)),$(RUN)/$(call prev,$(1))/control.safe,$(RUN)/init/control.safe)
 # Iteration $(1)'s per-shard files of stage $(2) (rollout, scored), in shard order.
 shard_files  = $(foreach k,$(SHARD_IDS),$(RUN)/$(1)/$(2).$(k)-of-$(SHARDS).safe)
-# The prefix for shard $(1)'s stages: LAUNCH, then with HOSTS the launcher and host $(1) mod n.
-shard_host   = $(word $(shell expr $(1) % $(words $(HOSTS)) + 1),$(HOSTS))
+# The prefix for shard $(1)'s stages: LAUNCH, then with HOSTS the launcher and host $(1) mod n
+# (HOST_NUMS: one "shard:host number" word per shard, from one shell call).
+HOST_NUMS   := $(if $(strip $(HOSTS)),$(shell n=$(words $(HOSTS)); for k in $(SHARD_IDS); do echo $$k:$$(( k % n + 1 )); done))
+shard_host   = $(word $(patsubst $(1):%,%,$(filter $(1):%,$(HOST_NUMS))),$(HOSTS))
 shard_launch = $(strip $(LAUNCH) $(if $(strip $(HOSTS)),$(HOST_LAUNCH) $(call shard_host,$(1))))
 
 .PHONY: all report
@@ -172,4 +181,4 @@ prune_opt = last=$$$$(( $(1) - $(KEEP_OPT) )); for d in $(RUN)/[0-9][0-9][0-9][0
 	  rm -f "$$$$d/policy/optimizer.safetensors" "$$$$d/critic/optimizer.safetensors" \
 	        "$$$$d/critic/value_head_optimizer.safetensors"; done
 
-$(foreach i,$(ITER_NAMES),$(eval $(call iteration_rules,$(i))))
+$(foreach i,$(ITER_NAMES),$(eval PREV_$(i) := $(_last))$(eval _last := $(i))$(eval $(call iteration_rules,$(i))))

@@ -111,6 +111,16 @@ expect_status dp_world_from_srun_needs_mpi 1 env SLURM_STEP_NUM_TASKS=2 SLURM_NT
 expect_status dp_batch_script_is_one_rank 2 env SLURM_NTASKS=4 SLURM_PROCID=0 SLURM_LOCALID=0 \
     safe-update --policy "$MODEL" --quiet -i "$TMP/scored.safe" -o "$TMP/x"
 check dp_batch_script_reads_input grep -q "kind.*expected adv" "$TMP/err"
+# partial or inconsistent srun variables: refused (exit 1), never read as "rank 1 of 1"
+expect_status dp_srun_step_without_ntasks 1 env SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=1 \
+    safe-update --policy "$MODEL" --quiet -i "$TMP/adv1.safe" -o "$TMP/x"
+expect_status dp_srun_step_without_procid 1 env SLURM_STEP_NUM_TASKS=2 safe-pid --init --quiet -o "$TMP/x.safe"
+expect_status dp_srun_step_and_ntasks_disagree 1 env SLURM_STEP_NUM_TASKS=2 SLURM_NTASKS=3 SLURM_PROCID=0 \
+    safe-pid --init --quiet -o "$TMP/x.safe"
+# srun --mpi=pmix -n 2 (PMIx gives the rank only; the step says 2): rank 0 refuses too
+expect_status dp_pmix_rank_0_of_srun_step_refused 1 env PMIX_RANK=0 SLURM_STEP_NUM_TASKS=2 SLURM_NTASKS=2 \
+    SLURM_PROCID=0 safe-pid --init --quiet -o "$TMP/x.safe"
+check dp_srun_refusals_no_output test ! -e "$TMP/x.safe"
 expect_status dp_rank_beyond_world 1 env WORLD_SIZE=2 RANK=2 safe-update --policy "$MODEL" --quiet -i "$TMP/adv1.safe" -o "$TMP/x"
 expect_status dp_bad_comm_timeout 1 safe-update --policy "$MODEL" --comm-timeout 0 -o "$TMP/x"
 

@@ -33,8 +33,12 @@ esac
 MODEL="$DATA/stories260K/stories260K.bin"
 PROMPTS="$DATA/tinystories/prompts.jsonl"
 CMP="$SAFE_BUILD/tests/test_stcompare"
+if [ ! -x "$CMP" ]; then
+    fail nccl_emu_needs_test_stcompare "no $CMP: run through make test (make tests builds it)"
+    exit 0
+fi
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-unset SAFE_NCCL SAFE_NCCL_OVERLAP SAFE_NCCL_BUCKET_MB
+unset SAFE_NCCL SAFE_NCCL_OVERLAP SAFE_NCCL_BUCKET_MB SAFE_NCCL_EMU_LOG
 MPIRUN="timeout 120 mpirun --oversubscribe --bind-to none"
 
 # the batch: 4 prompts x 2 samples, 16 tokens (8 records; minibatches of 4)
@@ -85,6 +89,32 @@ critic c1_nccl_during env SAFE_NCCL=1 SAFE_NCCL_BUCKET_MB=0
 same_bytes nccl_emu_1_rank_critic_same_critic "$TMP/c1" "$TMP/c1_nccl_during" model.safetensors value_head.safetensors
 check nccl_emu_1_rank_critic_same_records cmp -s "$TMP/c1.safe" "$TMP/c1_nccl_during.safe"
 
+# ---- the NCCL route is taken and the buckets go out during the backward ----
+# SAFE_NCCL_EMU_LOG (nccl_emu.c): "start L N WHAT" per bucket, L the kernels launched so far,
+# then "wait L K". buckets_ok LOG PER_STEP STEPS: STEPS waits of PER_STEP buckets each, every
+# bucket but the last started after more kernels than the one before it (so the backward
+# went on between them), none of them after the wait.
+buckets_ok() {
+    awk -v per="$2" -v steps="$3" '
+        $1 == "start" { n++; if (n > 1 && n < per && $2 <= last) bad = 1; last = $2 }
+        $1 == "wait" { waits++; if ($3 != per || n != per || $2 < last) bad = 1; n = 0 }
+        END { exit !(waits == steps && n == 0 && !bad) }' "$1"
+}
+STEPS=2   # --epochs 1 --minibatches 2
+update u1_log_layer env SAFE_NCCL=1 SAFE_NCCL_BUCKET_MB=0 SAFE_NCCL_EMU_LOG="$TMP/layer.log"
+check nccl_emu_1_rank_one_bucket_per_layer_during_backward buckets_ok "$TMP/layer.log" 7 $STEPS
+update u1_log_joined env SAFE_NCCL=1 SAFE_NCCL_BUCKET_MB=0.3 SAFE_NCCL_EMU_LOG="$TMP/joined.log"
+check nccl_emu_1_rank_buckets_of_two_layers_during_backward buckets_ok "$TMP/joined.log" 3 $STEPS
+update u1_log_default env SAFE_NCCL=1 SAFE_NCCL_EMU_LOG="$TMP/default.log"
+check nccl_emu_1_rank_default_bucket_size_one_bucket buckets_ok "$TMP/default.log" 1 $STEPS
+for t in u1_log_joined u1_log_default; do
+    same_bytes "nccl_emu_1_rank_${t#u1_log_}_buckets_same_policy" "$TMP/u1" "$TMP/$t" model.safetensors optimizer.safetensors
+done
+update u1_log_none env SAFE_NCCL_EMU_LOG="$TMP/none.log"
+check nccl_emu_1_rank_without_safe_nccl_no_nccl test ! -s "$TMP/none.log"
+critic c1_log env SAFE_NCCL=1 SAFE_NCCL_BUCKET_MB=0 SAFE_NCCL_EMU_LOG="$TMP/critic.log"
+check nccl_emu_1_rank_critic_buckets_during_backward buckets_ok "$TMP/critic.log" 7 4   # 2 epochs x 2
+
 # ---- 2 and 3 ranks: during the backward == after it == through the host ----
 for n in 2 3; do
     update "u${n}_during" env SAFE_NCCL_BUCKET_MB=0 $MPIRUN -np $n
@@ -100,6 +130,13 @@ for n in 2 3; do
     check "nccl_emu_${n}_ranks_gradients_near_1_rank" "$CMP" "$TMP/u1.g/safe-update-step-0000.safetensors" \
         "$TMP/u${n}_during.g/safe-update-step-0000.safetensors" 1e-5 tensor
 done
+# the default and joined bucket sizes on 2 ranks, and the route: NCCL without being asked
+for mb in 0.3 16; do
+    update "u2_mb$mb" env SAFE_NCCL_BUCKET_MB=$mb SAFE_NCCL_EMU_LOG="$TMP/u2_mb$mb.log" $MPIRUN -np 2
+    same_bytes "nccl_emu_2_ranks_buckets_of_${mb}_mib_vs_host_policy" "$TMP/u2_host" "$TMP/u2_mb$mb" model.safetensors \
+        optimizer.safetensors
+done
+check nccl_emu_2_ranks_take_nccl_route test "$(grep -c '^start ' "$TMP/u2_mb0.3.log")" -eq $((2 * 3 * STEPS))
 critic c2_during env SAFE_NCCL_BUCKET_MB=0 $MPIRUN -np 2
 critic c2_after env SAFE_NCCL_OVERLAP=0 $MPIRUN -np 2
 same_bytes nccl_emu_2_ranks_critic_during_vs_after_gradients "$TMP/c2_during.g" "$TMP/c2_after.g" $CGRADS

@@ -87,16 +87,45 @@ check slices_header_says_which test "$(safe-cat --header "$TMP/sl1.3.safe" | jq 
 expect_status slices_of_two_splits_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/sl0.3.safe" "$TMP/sl1.2.safe"
 check slices_of_two_splits_message grep -q 'sl1.2.safe: header: field "num_shards" is 2 but .*sl0.3.safe has 3' "$TMP/err"
 expect_status slice_twice_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/sl0.3.safe" "$TMP/sl2.3.safe" "$TMP/sl0.3.safe"
-check slice_twice_message grep -q "slice 0 of 3 is also in" "$TMP/err"
+check slice_twice_message grep -q "slice 0 of 3 is already among the inputs before it" "$TMP/err"
 check slices_refused_no_output test ! -e "$TMP/bad.safe"
-safe-cat -o "$TMP/part.safe" "$TMP/sl0.3.safe" "$TMP/sl2.3.safe"
-check slices_partial_join_has_no_slice_fields test "$(safe-cat --header "$TMP/part.safe" | jq -c '[.shard, .num_shards]')" = "[null,null]"
+safe-cat -o "$TMP/part.safe" "$TMP/sl0.3.safe" "$TMP/sl1.3.safe"
+check slices_partial_join_says_which test "$(safe-cat --header "$TMP/part.safe" | jq -c '[.shard, .shards, .num_shards]')" = "[null,[0,1],3]"
+expect_status slices_partial_join_then_a_slice_again_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/part.safe" "$TMP/sl1.3.safe"
+safe-cat -o "$TMP/joined2.safe" "$TMP/part.safe" "$TMP/sl2.3.safe"
+check slices_partial_join_then_the_rest_equal_whole cmp -s "$TMP/joined2.safe" "$TMP/whole.safe"
+expect_status slices_out_of_order_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/sl2.3.safe" "$TMP/sl0.3.safe" "$TMP/sl1.3.safe"
+check slices_out_of_order_message grep -q "slice 0 of 3 comes after slice 2: join slices in order" "$TMP/err"
+R6="--policy $MODEL --prompts $PROMPTS --samples-per-prompt 1 --max-new-tokens 4 --seed 3 --quiet"
+safe-rollout $R6 --num-prompts 8 --shard 0/2 -o "$TMP/n8.safe"
+safe-rollout $R6 --num-prompts 4 --shard 1/2 -o "$TMP/n4.safe"
+expect_status slices_of_different_batches_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/n8.safe" "$TMP/n4.safe"
+check slices_of_different_batches_names_field grep -q 'field "num_prompts" is 4 but .*n8.safe has 8' "$TMP/err"
+safe-rollout $R --seed 4 --shard 1/3 -o "$TMP/seed4.safe"
+expect_status slices_of_different_seeds_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/sl0.3.safe" "$TMP/seed4.safe"
+safe-cat --with-header "$TMP/sl0.3.safe" | jq -c 'del(.shard, .num_shards)' | safe-cat --to-shard -o "$TMP/noslice.safe"
+expect_status slices_beside_a_rollout_without_slice_fields_refused 2 safe-cat -o "$TMP/bad.safe" "$TMP/noslice.safe" "$TMP/sl1.3.safe"
+safe-cat --with-header "$TMP/sl0.3.safe" > "$TMP/sl0.jsonl"
+expect_status slices_two_headers_in_one_stream_refused 2 sh -c "cat '$TMP/sl0.jsonl' '$TMP/sl0.jsonl' | safe-cat --to-shard -o '$TMP/bad.safe'"
+safe-cat --force -o "$TMP/forced.safe" "$TMP/sl0.3.safe" "$TMP/seed4.safe"
+check slices_force_output_has_no_slice_fields test "$(safe-cat --header "$TMP/forced.safe" | jq -c '[.shard, .shards, .num_shards]')" = "[null,null,null]"
+check slices_refusals_leave_no_output test ! -e "$TMP/bad.safe"
+# outputs: a FIFO is written as it is (not replaced by a file); '' and a trailing slash refused
+mkfifo "$TMP/fifo"
+safe-cat "$TMP/fifo" > "$TMP/from_fifo.jsonl" &
+reader=$!
+safe-pid --init --quiet -o "$TMP/fifo"
+wait $reader
+check output_to_fifo_streams test -p "$TMP/fifo" -a "$(jq -r .phase "$TMP/from_fifo.jsonl")" = WARMUP
+expect_status output_empty_name_refused 1 safe-pid --init --quiet -o ""
+expect_status output_trailing_slash_refused 1 safe-rollout $R -o "$TMP/newdir/"
+check output_trailing_slash_message grep -q "that names a directory; give a file name" "$TMP/err"
 for bad in 0/2x 1/2/5 " 0/2" 2/2 -1/2 1/0 +1/2 x; do
     expect_status "rollout_shard_refuses_'$bad'" 1 safe-rollout $R --shard "$bad" -o "$TMP/bad.safe"
 done
 for v in "SHARDS=0" "SHARDS=abc" "ITERS=0" "ITERS=1x"; do
     expect_status "pipeline_refuses_$v" 2 make -s --no-print-directory -f pipelines/safe.mk RUN="$TMP/bad" $SMALL "$v"
-    check "pipeline_refuses_${v}_message" grep -q "${v%%=*} must be a whole number >= 1" "$TMP/err"
+    check "pipeline_refuses_${v}_message" grep -q "${v%%=*} must be a whole number from 1 to 100000" "$TMP/err"
 done
 
 # ---- HOSTS: shard K on host K mod n through pipelines/on-host, the same records and policy ----

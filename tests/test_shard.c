@@ -803,6 +803,22 @@ static void child_killed_mid_write(void *arg) {
     raise(SIGTERM);   // zio removes the temp file on SIGTERM, then dies of the signal
 }
 
+// A checkpoint-like temporary directory with files in it, then SIGTERM: the directory goes.
+static void child_killed_filling_dir(void *arg) {
+    const char *d = arg;
+    if (mkdir(d, 0755) != 0) _exit(10);
+    zout_signal_dir(d);
+    for (int i = 0; i < 300; i++) {   // more entries than one getdents64 buffer holds
+        char f[600];
+        snprintf(f, sizeof f, "%s/part-%03d-of-a-long-file-name.safetensors", d, i);
+        FILE *fp = fopen(f, "w");
+        if (!fp) _exit(11);
+        fputs("x", fp);
+        fclose(fp);
+    }
+    raise(SIGTERM);
+}
+
 static int temp_files_of(const char *path) {   // how many "<path>.tmp.*" exist
     char cmd[512];
     snprintf(cmd, sizeof cmd, "ls %s.tmp.* 2>/dev/null | wc -l", path);
@@ -843,6 +859,10 @@ TEST(writer_temp_file_and_rename) {
     st = run_child(child_killed_mid_write, NULL, err, sizeof err);
     CHECK(st == 128 + SIGTERM, "killed by SIGTERM: status %d", st);
     CHECK(!exists(bad_path) && temp_files_of(bad_path) == 0, "a writer killed by SIGTERM leaves nothing");
+    const char *td = tpath("ckpt.tmp.1");
+    st = run_child(child_killed_filling_dir, (void *)td, err, sizeof err);
+    CHECK(st == 128 + SIGTERM && !exists(td), "a temporary directory of 300 files goes on SIGTERM: status %d, %s",
+          st, exists(td) ? "still there" : "gone");
 }
 
 TEST(writer_checks_dtypes) {

@@ -50,8 +50,10 @@ static void buf_put(Buf *b, const void *s, size_t n) { buf_need(b, n); memcpy(b-
 static void buf_putc(Buf *b, char c) { buf_need(b, 1); b->p[b->len++] = c; }
 static void buf_puts(Buf *b, const char *s) { buf_put(b, s, strlen(s)); }
 
-// What the output header says of rollout slices (check_slices).
-enum { SLICES_AS_IS = 0, SLICES_WHOLE, SLICES_DROP };
+// What the output header says of rollout slices (check_slices): the input's own fields (one
+// input), the whole batch (shard 0 of 1), the slices it holds ("shards": [...]), or nothing
+// (--force: records of different batches, like the iteration it drops).
+enum { SLICES_AS_IS = 0, SLICES_WHOLE, SLICES_SOME, SLICES_NONE };
 
 // A dtype table: field name -> 'i' or 'f' (the output header's "dtypes").
 typedef struct {
@@ -102,7 +104,8 @@ typedef struct {
     msgpack_sbuffer hbuf;      // the output header, packed
     msgpack_unpacked hdr;      // ... and parsed
     int drop_iteration;        // --force joined different iterations
-    int slices;                // rollout slices joined (check_slices): SLICES_AS_IS, _WHOLE, _DROP
+    int slices;                // rollout slices joined (check_slices): SLICES_AS_IS, _WHOLE, _SOME
+    int *held, nheld, split;   // SLICES_SOME: the slices the output holds, in order, of split
     // output
     ShardWriter *w;
     ZOut *jout;
@@ -810,49 +813,131 @@ static void header_compat(Cat *c, const msgpack_object *a, const char *apath, co
     c->drop_iteration = 1;
 }
 
-// Slices of one rollout (safe-rollout --shard i/N: header fields "shard" i and "num_shards"
-// N, passed on by the later stages) joined into one: all of the same split, none twice, or
-// the batch is wrong without a word (a slice of 2 beside a slice of 3 repeats prompts). All N
-// slices of the split make the whole batch, written as shard 0 of 1 like an unsharded run;
-// some of them (or with inputs that have no slice fields), a batch without slice fields.
+static int key_is(const msgpack_object *k, const char *name) {
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(name) &&
+           memcmp(k->via.str.ptr, name, k->via.str.size) == 0;
+}
+
+// Rollout slices (safe-rollout --shard i/N) carry "shard" i and "num_shards" N in their header,
+// kept by the later stages; a partial join of slices carries "shards" [i, j, ...] instead. An
+// input's slices into *list (count returned; 0: no slice fields), its split into *split.
+static int input_slices(const msgpack_object *h, const char *path, int *split, int **list) {
+    const msgpack_object *si = hget(h, "shard"), *sl = hget(h, "shards"), *ni = hget(h, "num_shards");
+    if (!si && !sl && !ni) return 0;
+    if (!ni || ni->type != MSGPACK_OBJECT_POSITIVE_INTEGER || ni->via.u64 < 1 || ni->via.u64 > 1000000 ||
+        (si != NULL) == (sl != NULL))
+        die(EXIT_BADINPUT, "%s: header: a rollout slice has \"num_shards\" N (1 to 1000000) and either \"shard\" "
+            "or \"shards\" (as safe-rollout --shard and safe-cat write them)", path);
+    *split = (int)ni->via.u64;
+    if (si) {
+        if (si->type != MSGPACK_OBJECT_POSITIVE_INTEGER || si->via.u64 >= ni->via.u64)
+            die(EXIT_BADINPUT, "%s: header: field \"shard\" must be a whole number below \"num_shards\" (%d)", path,
+                *split);
+        *list = xmalloc(sizeof(int));
+        (*list)[0] = (int)si->via.u64;
+        return 1;
+    }
+    if (sl->type != MSGPACK_OBJECT_ARRAY || sl->via.array.size == 0)
+        die(EXIT_BADINPUT, "%s: header: field \"shards\" must be a non-empty array of slice numbers", path);
+    int n = (int)sl->via.array.size;
+    *list = xmalloc((size_t)n * sizeof(int));
+    for (int k = 0; k < n; k++) {
+        const msgpack_object *v = &sl->via.array.ptr[k];
+        if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 >= ni->via.u64 ||
+            (k > 0 && (int)v->via.u64 <= (*list)[k - 1]))
+            die(EXIT_BADINPUT, "%s: header: field \"shards\" must hold increasing slice numbers below \"num_shards\" "
+                "(%d)", path, *split);
+        (*list)[k] = (int)v->via.u64;
+    }
+    return n;
+}
+
+static int slice_key(const msgpack_object *k) {
+    return key_is(k, "shard") || key_is(k, "shards") || key_is(k, "num_shards");
+}
+
+// Slices joined must be of one rollout: the same header but for which slices they are (the
+// same iteration, seed, prompts, settings and scorer), not a slice twice, and in order, or
+// the batch is wrong without a word (a slice of 2 beside a slice of 3 repeats prompts; out of
+// order, the records are not the unsharded run's). All slices of the split make the whole
+// batch, written as shard 0 of 1 like an unsharded run; some of them, "shards": [...].
 static void check_slices(Cat *c) {
-    int split = 0, with = 0, headers = 0;
-    const char *split_path = NULL;
-    int *seen = NULL;   // (split) 1 + the input that holds each slice, 0: none yet
+    if (c->o.force && c->nin > 1) {
+        c->slices = SLICES_NONE;
+        return;
+    }
+    int first = -1, total = 0, last = -1;
+    int *held = NULL;
     for (int i = 0; i < c->nin; i++) {
         const msgpack_object *h = input_header(&c->in[i]);
         if (!h) continue;
-        headers++;
-        const msgpack_object *si = hget(h, "shard"), *ni = hget(h, "num_shards");
-        if (!si && !ni) continue;
         const char *path = c->in[i].path;
-        if (!si || !ni || si->type != MSGPACK_OBJECT_POSITIVE_INTEGER || ni->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            ni->via.u64 < 1 || ni->via.u64 > 1000000 || si->via.u64 >= ni->via.u64)
-            die(EXIT_BADINPUT, "%s: header: fields \"shard\" and \"num_shards\" must be whole numbers with shard < "
-                "num_shards <= 1000000 (as safe-rollout --shard writes them)", path);
-        int k = (int)si->via.u64, n = (int)ni->via.u64;
-        if (!split_path) {
-            split = n;
-            split_path = path;
-            seen = xcalloc((size_t)n, sizeof(int));
-        } else if (n != split) {
-            free(seen);
-            die(EXIT_BADINPUT, "%s: header: field \"num_shards\" is %d but %s has %d: these are slices of different "
-                "splits of the prompts (did SHARDS change? join the slices of one split)", path, n, split_path, split);
+        int split = 0, *list = NULL;
+        int n = input_slices(h, path, &split, &list);
+        if (first < 0 && n == 0) {
+            for (int j = i + 1; j < c->nin; j++) {   // a header without slice fields before a slice
+                const msgpack_object *hj = input_header(&c->in[j]);
+                if (hj && (hget(hj, "num_shards") || hget(hj, "shard") || hget(hj, "shards")))
+                    die(EXIT_BADINPUT, "%s: header: no rollout slice fields (\"shard\", \"num_shards\"), but %s is a "
+                        "slice: refusing to join them (its prompts may be in the slice too)", path, c->in[j].path);
+            }
+            return;   // no slices among the inputs
         }
-        if (seen[k]) {
-            const char *other = c->in[seen[k] - 1].path;
-            free(seen);
-            die(EXIT_BADINPUT, "%s: header: slice %d of %d is also in %s: refusing to join a slice twice (its "
-                "prompts would appear twice in the batch)", path, k, n, other);
+        if (n == 0)
+            die(EXIT_BADINPUT, "%s: header: no rollout slice fields (\"shard\", \"num_shards\"), but %s is a slice: "
+                "refusing to join them (its prompts may be in the slice too)", path, c->in[first].path);
+        if (first < 0) {
+            first = i;
+            c->split = split;
+            held = xmalloc((size_t)split * sizeof(int));
+        } else {
+            const msgpack_object *h0 = input_header(&c->in[first]);
+            const char *p0 = c->in[first].path;
+            if (split != c->split)
+                die(EXIT_BADINPUT, "%s: header: field \"num_shards\" is %d but %s has %d: these are slices of different "
+                    "splits of the prompts (did SHARDS change? join the slices of one split)", path, split, p0, c->split);
+            // every other field the same: slices of one rollout differ only in which they are
+            for (int pass = 0; pass < 2; pass++) {
+                const msgpack_object *a = pass ? h : h0, *b = pass ? h0 : h;
+                for (uint32_t k = 0; k < a->via.map.size; k++) {
+                    const msgpack_object *key = &a->via.map.ptr[k].key;
+                    if (slice_key(key) || key_is(key, "dtypes") || key->type != MSGPACK_OBJECT_STR) continue;
+                    char name[128];
+                    snprintf(name, sizeof name, "%.*s", (int)(key->via.str.size < 100 ? key->via.str.size : 100),
+                             key->via.str.ptr);
+                    const msgpack_object *vb = hget(b, name);
+                    if (vb && obj_equal(&a->via.map.ptr[k].val, vb)) continue;
+                    char d0[256], d1[256];
+                    describe(hget(h, name), d1, sizeof d1);
+                    describe(hget(h0, name), d0, sizeof d0);
+                    die(EXIT_BADINPUT, "%s: header: field \"%s\" is %s but %s has %s: slices joined must come from one "
+                        "rollout (the same iteration, seed, prompts and settings)", path, name, d1, p0, d0);
+                }
+            }
         }
-        seen[k] = i + 1;
-        with++;
+        for (int k = 0; k < n; k++) {
+            for (int j = 0; j < total; j++)
+                if (held[j] == list[k])
+                    die(EXIT_BADINPUT, "%s: header: slice %d of %d is already among the inputs before it: refusing to "
+                        "join a slice twice (its prompts would appear twice in the batch)", path, list[k], split);
+            if (list[k] < last)
+                die(EXIT_BADINPUT, "%s: header: slice %d of %d comes after slice %d: join slices in order (0, 1, 2, ...), "
+                    "so that the records are in the unsharded run's order", path, list[k], split, last);
+            held[total++] = last = list[k];
+        }
+        free(list);
     }
-    free(seen);
-    if (c->nin == 1 || !split_path) c->slices = SLICES_AS_IS;
-    else if (with == headers && with == split) c->slices = SLICES_WHOLE;
-    else c->slices = SLICES_DROP;
+    if (first < 0 || c->nin == 1) {
+        free(held);
+        c->slices = SLICES_AS_IS;
+    } else if (total == c->split) {
+        free(held);
+        c->slices = SLICES_WHOLE;
+    } else {
+        c->slices = SLICES_SOME;
+        c->held = held;
+        c->nheld = total;
+    }
 }
 
 static void dtypes_from_header(Dtypes *d, const msgpack_object *h) {
@@ -886,16 +971,23 @@ static int is_own_key(const msgpack_object *k) {
     return 0;
 }
 
-static int key_is(const msgpack_object *k, const char *name) {
-    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(name) &&
-           memcmp(k->via.str.ptr, name, k->via.str.size) == 0;
-}
-
 // Header keys build_header leaves out: iteration after --force across iterations, the slice
 // fields of a partial join of rollout slices.
 static int dropped_key(const Cat *c, const msgpack_object *k) {
-    if (c->drop_iteration && key_is(k, "iteration")) return 1;
-    return c->slices == SLICES_DROP && (key_is(k, "shard") || key_is(k, "num_shards"));
+    if (c->slices == SLICES_NONE && slice_key(k)) return 1;
+    return c->drop_iteration && key_is(k, "iteration");
+}
+
+// The joined slices: "shard": 0 (with "num_shards" 1) for the whole batch, else "shards": [...].
+static void pack_slices(const Cat *c, msgpack_packer *pk) {
+    if (c->slices == SLICES_WHOLE) {
+        msgpack_pack_str_with_body(pk, "shard", 5);
+        msgpack_pack_int(pk, 0);
+        return;
+    }
+    msgpack_pack_str_with_body(pk, "shards", 6);
+    msgpack_pack_array(pk, (size_t)c->nheld);
+    for (int i = 0; i < c->nheld; i++) msgpack_pack_int(pk, c->held[i]);
 }
 
 static void pack_kv_str(msgpack_packer *pk, const char *k, const char *v) {
@@ -925,6 +1017,12 @@ static void build_header(Cat *c, const msgpack_object *base) {
     msgpack_packer pk;
     msgpack_packer_init(&pk, &c->hbuf, msgpack_sbuffer_write);
     size_t n = 6;
+    // joined slices replace the base's own slice fields in place; a base without them
+    // (--header-from) gets them after its other fields
+    int joined = c->slices == SLICES_WHOLE || c->slices == SLICES_SOME;
+    int add_index = joined && !hget(base, "shard") && !hget(base, "shards");
+    int add_split = joined && !hget(base, "num_shards");
+    n += (size_t)(add_index + add_split);
     if (base)
         for (uint32_t i = 0; i < base->via.map.size; i++) {
             const msgpack_object *k = &base->via.map.ptr[i].key;
@@ -947,11 +1045,20 @@ static void build_header(Cat *c, const msgpack_object *base) {
         for (uint32_t i = 0; i < base->via.map.size; i++) {
             const msgpack_object *k = &base->via.map.ptr[i].key;
             if (is_own_key(k) || dropped_key(c, k)) continue;
+            if (joined && (key_is(k, "shard") || key_is(k, "shards"))) {
+                pack_slices(c, &pk);   // in place of the first input's own, so the layout stays
+                continue;
+            }
             msgpack_pack_object(&pk, *k);
-            if (c->slices == SLICES_WHOLE && key_is(k, "shard")) msgpack_pack_int(&pk, 0);
-            else if (c->slices == SLICES_WHOLE && key_is(k, "num_shards")) msgpack_pack_int(&pk, 1);
+            if (c->slices == SLICES_WHOLE && key_is(k, "num_shards")) msgpack_pack_int(&pk, 1);
+            else if (c->slices == SLICES_SOME && key_is(k, "num_shards")) msgpack_pack_int(&pk, c->split);
             else msgpack_pack_object(&pk, base->via.map.ptr[i].val);
         }
+    if (add_index) pack_slices(c, &pk);
+    if (add_split) {
+        msgpack_pack_str_with_body(&pk, "num_shards", 10);
+        msgpack_pack_int(&pk, c->slices == SLICES_WHOLE ? 1 : c->split);
+    }
     msgpack_pack_str_with_body(&pk, "dtypes", 6);
     msgpack_pack_map(&pk, (size_t)c->dt.n);
     for (int i = 0; i < c->dt.n; i++) pack_kv_str(&pk, c->dt.name[i], c->dt.type[i] == 'i' ? "i32" : "f32");
@@ -1025,6 +1132,11 @@ static void copy_json(Cat *c, Input *in, Progress *p) {
             char where[300];
             snprintf(where, sizeof where, "%s line %ld", in->path, in->lineno);
             header_compat(c, &c->hdr.data, "the output header", &tmp.jheader.data, where);
+            const msgpack_object *eh = &tmp.jheader.data;
+            if (hget(eh, "num_shards") || hget(eh, "shard") || hget(eh, "shards"))
+                die(EXIT_BADINPUT, "%s: header: a second header that names rollout slices: join slices as separate "
+                    "inputs (safe-cat A.jsonl B.jsonl), not as one concatenated stream, so that they can be checked",
+                    where);
             msgpack_unpacked_destroy(&tmp.jheader);
         } else if (!head_reached(c)) {
             Record r;
@@ -1059,6 +1171,7 @@ static void cat_free(Cat *c) {
     free(c->dt.type);
     for (int i = 0; i < c->nwarned; i++) free(c->warned[i]);
     free(c->warned);
+    free(c->held);
     for (int i = 0; i < c->o.nfields; i++) free(c->o.fields[i]);
     free(c->o.fields);
     msgpack_unpacked_destroy(&c->hdr);

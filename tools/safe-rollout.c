@@ -212,8 +212,16 @@ static Prompts read_prompts(const char *path) {
     return p;
 }
 
+// FNV-1a 64 of bytes, continued from h
+static uint64_t fnv1a(uint64_t h, const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    return h;
+}
+
 // This iteration's prompts (indices into p), then this shard's contiguous slice of them.
-static int *select_prompts(const Options *o, const Prompts *p, int *count) {
+// *batch_hash identifies the whole iteration's prompt list (ids and texts, in order), the
+// same in every slice of it: safe-cat joins only slices of one batch.
+static int *select_prompts(const Options *o, const Prompts *p, int *count, int *batch_n, uint64_t *batch_hash) {
     // more than the file holds would take prompts twice in one iteration, and a prompt's id
     // keys its draws: the same completion twice, counted twice
     if (o->num_prompts > p->n)
@@ -225,6 +233,14 @@ static int *select_prompts(const Options *o, const Prompts *p, int *count) {
     long start = o->num_prompts ? (long)o->num_prompts * o->iteration : 0;
     for (int j = lo; j < hi; j++) idx[j - lo] = (int)((start + j) % p->n);
     *count = hi - lo;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (int j = 0; j < n; j++) {
+        int k = (int)((start + j) % p->n);
+        h = fnv1a(h, p->id[k], strlen(p->id[k]) + 1);
+        h = fnv1a(h, p->text[k], strlen(p->text[k]) + 1);
+    }
+    *batch_n = n;
+    *batch_hash = h;
     return idx;
 }
 
@@ -294,8 +310,9 @@ static float **reference_logprobs(const Options *o, Backend *ref, const GenReque
 
 // ---- output ----
 
-static void write_records(const Options *o, const Tokenizer *tok, const Prompts *p, const int *sel,
-                          const GenRequest *req, const GenResult *res, float **ref_logp, int n) {
+static void write_records(const Options *o, int batch_n, uint64_t batch_hash, const Tokenizer *tok,
+                          const Prompts *p, const int *sel, const GenRequest *req, const GenResult *res,
+                          float **ref_logp, int n) {
     ShardWriter *w = shard_create(o->output, o->level);
     Fields *h = fields_new();
     fields_str(h, "kind", "rollout");
@@ -307,8 +324,12 @@ static void write_records(const Options *o, const Tokenizer *tok, const Prompts 
     snprintf(tokid, sizeof tokid, "fnv1a64:%016llx", (unsigned long long)tok->hash);
     fields_str(h, "tokenizer", tokid);
     fields_i64(h, "iteration", o->iteration);
-    fields_i64(h, "shard", o->shard_i);        // this slice of the iteration's prompts:
-    fields_i64(h, "num_shards", o->shard_n);   // safe-cat checks slices joined together
+    fields_i64(h, "num_prompts", batch_n);     // the iteration's prompts, before slicing,
+    char bh[64];                               // and what they are (ids and texts)
+    snprintf(bh, sizeof bh, "fnv1a64:%016llx", (unsigned long long)batch_hash);
+    fields_str(h, "prompts_hash", bh);
+    fields_i64(h, "shard", o->shard_i);        // this slice of them: safe-cat joins the
+    fields_i64(h, "num_shards", o->shard_n);   // slices of one batch only, each once
     fields_i64(h, "seed", (int64_t)o->seed);
     fields_f64(h, "temperature", o->temperature);
     fields_i64(h, "top_k", o->top_k);
@@ -363,7 +384,9 @@ int main(int argc, char **argv) {
     Tokenizer *tok = tokenizer_load(tok_path, policy->cfg.vocab_size);
     Prompts p = read_prompts(o.prompts);
     int n_sel;
-    int *sel = select_prompts(&o, &p, &n_sel);
+    int batch_n;
+    uint64_t batch_hash;
+    int *sel = select_prompts(&o, &p, &n_sel, &batch_n, &batch_hash);
 
     // one request per (prompt, sample), in output order
     int n = n_sel * o.samples;
@@ -392,7 +415,7 @@ int main(int argc, char **argv) {
     // same bits (model.c is batch-invariant), so nothing is recomputed.
     if (n && dev == DEVICE_CUDA) free(reference_logprobs(&o, bp, req, res, n, res));
     float **ref_logp = reference_logprobs(&o, br, req, res, n, NULL);
-    write_records(&o, tok, &p, sel, req, res, ref_logp, n);
+    write_records(&o, batch_n, batch_hash, tok, &p, sel, req, res, ref_logp, n);
 
     for (int i = 0; i < n; i++) {
         gen_result_free(&res[i]);

@@ -26,10 +26,11 @@
 #      all-reduce after it (SAFE_NCCL_OVERLAP=0) and against the sum through the host
 #      (SAFE_NCCL=0, over MPI).
 #      G = 1: one process (no MPI needed) with SAFE_NCCL=1, a real one-rank communicator
-#      carrying the overlapped buckets on the second stream: gradients, policy, critic and
-#      optimiser moments byte for byte those of the run without NCCL (a sum over one rank is
-#      the buffer itself), so any race between the streams or bucket handed out too early
-#      shows as a difference.
+#      that the overlapped buckets are issued to on the second stream, with its events and
+#      the timed wait: gradients, policy, critic and optimiser moments byte for byte those of
+#      the run without NCCL (a sum over one rank is the buffer itself). NCCL's one-rank
+#      in-place all-reduce does no work, so this checks the tools' NCCL code and the
+#      communicator on the GPU, not races between the streams: those need G >= 2.
 #      G >= 2 under mpirun: the summed gradients of every step within 1e-5 tensor-relative
 #      (fp32 summation order); with 2 ranks the updated policy, critic and optimiser moments
 #      byte for byte (a + b is the same sum in any order), with more within 2e-4 absolute

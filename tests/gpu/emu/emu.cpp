@@ -27,7 +27,12 @@ static void run_fiber(EmuFiber &f) {
         else _longjmp(f.jb, 1);
     }
 }
+// kernels run so far (nccl_emu.c logs it: buckets that go out during the backward see it grow)
+extern "C" unsigned long long emu_kernel_launches;
+unsigned long long emu_kernel_launches;
+
 void emu_run(dim3 grid, dim3 block, size_t shmem, void (*body)(void *), void *arg) {
+    emu_kernel_launches++;
     int n = block.x * block.y * block.z;
     if (block.y != 1 || block.z != 1 || n > 1024) { fprintf(stderr, "emu: block shape\n"); abort(); }
     if (stacks.size() < (size_t)n * STACK) stacks.resize((size_t)n * STACK);

@@ -13,15 +13,23 @@
 // the buffer must still equal the copy (else the run stops, naming the bucket); a reader
 // before the wait sees unsummed gradients, which the tests' comparison with
 // SAFE_NCCL_OVERLAP=0 catches.
+//
+// SAFE_NCCL_EMU_LOG=FILE: every call appended to FILE as a line, "start L N WHAT" (a bucket
+// of N floats started after L emulated kernel launches), "wait L K" (K started ones summed),
+// "allreduce L N WHAT" (one call), so that a test can see that the NCCL route was taken and
+// that the buckets went out during the backward (kernels ran between them), not only that the
+// sums came out right.
 #include "comm_nccl.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"   // die, xmalloc
 
-int cuda_device_count(void);   // the emulation's (runtime_emu.cpp)
+int cuda_device_count(void);                    // the emulation's (runtime_emu.cpp)
+extern unsigned long long emu_kernel_launches;  // (emu.cpp)
 
 typedef struct {
     float *dev, *copy;   // (n) the bucket, and its contents at the start
@@ -32,6 +40,19 @@ typedef struct {
 
 static Pending *pending;
 static int n_pending, cap_pending, up, device = -1;
+
+static void log_call(const char *fmt, ...) {
+    const char *path = getenv("SAFE_NCCL_EMU_LOG");
+    if (!path || !*path) return;
+    FILE *f = fopen(path, "a");
+    if (!f) die(EXIT_RUNTIME, "emulated NCCL: cannot append to SAFE_NCCL_EMU_LOG=%s", path);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    fputc('\n', f);
+    fclose(f);
+}
 
 int comm_nccl_built(void) { return 1; }
 int comm_nccl_device(void) { return device; }
@@ -59,6 +80,7 @@ void comm_nccl_allreduce_f32(float *dev, size_t n, CommOp op, void *stream, cons
     if (n_pending > 0)
         die(EXIT_RUNTIME, "internal error: comm_nccl_allreduce_f32 (%s) while %d started all-reduces are not waited "
             "for", what, n_pending);
+    log_call("allreduce %llu %zu %s", emu_kernel_launches, n, what);
     comm_allreduce_f32(dev, n, op, what);
 }
 
@@ -78,11 +100,13 @@ void comm_nccl_allreduce_f32_start(float *dev, size_t n, CommOp op, void *stream
     p->copy = xmalloc(n * sizeof(float));
     memcpy(p->copy, dev, n * sizeof(float));
     snprintf(p->what, sizeof p->what, "%s", what);
+    log_call("start %llu %zu %s", emu_kernel_launches, n, what);
 }
 
 void comm_nccl_wait(void *stream, const char *what) {
     (void)stream;
     need_up("comm_nccl_wait", what);
+    log_call("wait %llu %d", emu_kernel_launches, n_pending);
     for (int i = 0; i < n_pending; i++) {
         Pending *p = &pending[i];
         if (memcmp(p->copy, p->dev, p->n * sizeof(float)) != 0)

@@ -10,6 +10,7 @@
 #include "comm.h"        // comm_world, comm_info, comm_allreduce_f32
 #include "comm_nccl.h"   // comm_nccl_*: all-reduce of device gradients
 #include "common.h"      // die, xmalloc, exit codes
+#include "lora.h"        // lora_merge: the adapter's weights after a step
 
 #ifdef SAFE_CUDA
 #include "cuda_backend.h"   // cuda_device_count, cuda_init
@@ -78,6 +79,9 @@ Backend *backend_create(Model *m, Device d, const char *who, int quiet) {
     bk->route = -1;
     bk->overlap = -1;
 #endif
+    if (d == DEVICE_CUDA && m->lora)
+        die(EXIT_USAGE, "%s: LoRA adapters train on the CPU backend only (use --device cpu); rollouts of an adapter "
+            "run on the GPU (safe-rollout merges it at load)", who);
     if (d == DEVICE_CUDA) {
 #ifdef SAFE_CUDA
         // one GPU per rank: local rank modulo the visible GPUs, the rule comm_nccl uses
@@ -290,7 +294,8 @@ void backend_allreduce_grads(Backend *bk, const char *what) {
         // the double sums of per-sequence terms (model.h), summed over the ranks in double:
         // the one-rank gradient, whichever records each rank holds
         if (comm_world() <= 1) return;
-        comm_allreduce_f64(bk->m->grad_sum, bk->m->n_params, COMM_SUM, what);
+        Trainable tr = model_trainable(bk->m);
+        comm_allreduce_f64(tr.grad_sum, tr.n, COMM_SUM, what);
         model_round_grads(bk->m);
         return;
     }
@@ -321,7 +326,7 @@ void backend_allreduce_grads(Backend *bk, const char *what) {
 }
 
 const float *backend_grads_for_dump(Backend *bk) {
-    if (bk->dev == DEVICE_CPU) return bk->m->grads;
+    if (bk->dev == DEVICE_CPU) return model_trainable(bk->m).grads;
 #ifdef SAFE_CUDA
     const char *d = getenv("SAFE_DUMP_GRADS");
     if (!d || !*d) return NULL;
@@ -335,9 +340,9 @@ const float *backend_grads_for_dump(Backend *bk) {
 
 long long backend_first_nonfinite_grad(Backend *bk) {
     if (bk->dev == DEVICE_CPU) {
-        const Model *m = bk->m;
-        for (size_t i = 0; i < m->n_params; i++)
-            if (!isfinite(m->grads[i])) return (long long)i;
+        Trainable tr = model_trainable(bk->m);
+        for (size_t i = 0; i < tr.n; i++)
+            if (!isfinite(tr.grads[i])) return (long long)i;
         return -1;
     }
 #ifdef SAFE_CUDA
@@ -348,7 +353,10 @@ long long backend_first_nonfinite_grad(Backend *bk) {
 }
 
 double backend_clip_grads(Backend *bk, double max_norm) {
-    if (bk->dev == DEVICE_CPU) return grad_clip(bk->m->grads, bk->m->n_params, max_norm);
+    if (bk->dev == DEVICE_CPU) {
+        Trainable tr = model_trainable(bk->m);
+        return grad_clip(tr.grads, tr.n, max_norm);
+    }
 #ifdef SAFE_CUDA
     double norm = sqrt(cuda_model_grad_sumsq(bk->cm));
     if (max_norm > 0.0 && norm > max_norm) {
@@ -363,8 +371,8 @@ double backend_clip_grads(Backend *bk, double max_norm) {
 
 void backend_scale_grads(Backend *bk, float s) {
     if (bk->dev == DEVICE_CPU) {
-        Model *m = bk->m;
-        for (size_t i = 0; i < m->n_params; i++) m->grads[i] *= s;
+        Trainable tr = model_trainable(bk->m);
+        for (size_t i = 0; i < tr.n; i++) tr.grads[i] *= s;
         return;
     }
 #ifdef SAFE_CUDA
@@ -374,7 +382,9 @@ void backend_scale_grads(Backend *bk, float s) {
 
 void backend_adamw_step(Backend *bk, AdamW *opt) {
     if (bk->dev == DEVICE_CPU) {
-        adamw_step(opt, bk->m->params, bk->m->grads);
+        Trainable tr = model_trainable(bk->m);
+        adamw_step(opt, tr.params, tr.grads);
+        lora_merge(bk->m);   // an adapter: the weights the next forward uses (nothing without one)
         return;
     }
 #ifdef SAFE_CUDA
@@ -384,9 +394,9 @@ void backend_adamw_step(Backend *bk, AdamW *opt) {
 
 void backend_snapshot(Backend *bk) {
     if (bk->dev == DEVICE_CPU) {
-        Model *m = bk->m;
-        if (!bk->before) bk->before = xmalloc(m->n_params * sizeof(float));
-        memcpy(bk->before, m->params, m->n_params * sizeof(float));
+        Trainable tr = model_trainable(bk->m);
+        if (!bk->before) bk->before = xmalloc(tr.n * sizeof(float));
+        memcpy(bk->before, tr.params, tr.n * sizeof(float));
         return;
     }
 #ifdef SAFE_CUDA
@@ -396,9 +406,10 @@ void backend_snapshot(Backend *bk) {
 
 void backend_blend(Backend *bk, float s) {
     if (bk->dev == DEVICE_CPU) {
-        Model *m = bk->m;
+        Trainable tr = model_trainable(bk->m);
         if (!bk->before) die(EXIT_USAGE, "backend_blend without a snapshot");
-        for (size_t i = 0; i < m->n_params; i++) m->params[i] = bk->before[i] + s * (m->params[i] - bk->before[i]);
+        for (size_t i = 0; i < tr.n; i++) tr.params[i] = bk->before[i] + s * (tr.params[i] - bk->before[i]);
+        lora_merge(bk->m);
         return;
     }
 #ifdef SAFE_CUDA

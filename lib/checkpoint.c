@@ -5,6 +5,7 @@
 
 #include "common.h"       // die, warn, xmalloc, exit codes
 #include "gguf.h"         // gguf_open, gguf_load_model, gguf_write_meta_subset for .gguf models
+#include "lora.h"         // PEFT adapter directories: lora_load_model, lora_save_files
 #include "llama2c.h"      // llama2c_load for .bin files
 #include "tokenizer.h"    // tokenizer_gguf_export: a GGUF's tokenizer as tokenizer.json
 #include "zio.h"          // zout_signal_dir: the temporary directory goes on SIGTERM too
@@ -76,23 +77,6 @@ static void tensors_free_names(StTensor *t, int n) {
 
 // ----------------------------------------------------------------------------
 // files and directories
-
-static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = xmalloc(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-static int is_dir(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-static int exists(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb; (void)flag; (void)ftw;
@@ -242,7 +226,7 @@ static void save_tokenizer(const char *dir, const char *tok) {
         char *src = dir_of(tok);
         for (size_t i = 0; i < sizeof HF_TOKENIZER_COMPANIONS / sizeof *HF_TOKENIZER_COMPANIONS; i++) {
             char *from = path_join(src, HF_TOKENIZER_COMPANIONS[i]);
-            if (exists(from)) {
+            if (path_exists(from)) {
                 p = path_join(dir, HF_TOKENIZER_COMPANIONS[i]);
                 copy_file(from, p);
                 free(p);
@@ -274,7 +258,7 @@ static void add_token_ids(json_t *cfg, const CheckpointParts *parts) {
         gguf_close(g);
     } else if (has_suffix(tok, ".json")) {
         char *src = dir_of(tok), *cj = path_join(src, "config.json");
-        json_t *j = exists(cj) ? json_load_file_lenient(cj, NULL) : NULL;
+        json_t *j = path_exists(cj) ? json_load_file_lenient(cj, NULL) : NULL;
         for (int i = 0; j && i < 3; i++) {
             json_t *v = json_object_get(j, keys[i]);
             if (v && !json_object_get(cfg, keys[i]) && (json_is_integer(v) || json_is_array(v)))
@@ -287,15 +271,12 @@ static void add_token_ids(json_t *cfg, const CheckpointParts *parts) {
 }
 
 // Saving replaces `dir` whole; refuse when that would throw away something that is not a
-// checkpoint (a file, or a non-empty directory without config.json).
+// checkpoint (a file, or a non-empty directory without config.json or adapter_config.json).
 void checkpoint_check_target(const char *dir) {
     output_parent_check(dir, "output checkpoint");
-    if (!exists(dir)) return;
-    if (!is_dir(dir)) die(EXIT_USAGE, "%s exists and is not a directory; a checkpoint is a directory", dir);
-    char *cfg = path_join(dir, "config.json");
-    int is_ckpt = exists(cfg);
-    free(cfg);
-    if (is_ckpt) return;
+    if (!path_exists(dir)) return;
+    if (!path_is_dir(dir)) die(EXIT_USAGE, "%s exists and is not a directory; a checkpoint is a directory", dir);
+    if (checkpoint_is_dir(dir) || lora_is_adapter_dir(dir)) return;
     DIR *d = opendir(dir);
     struct dirent *e;
     int empty = 1;
@@ -303,26 +284,12 @@ void checkpoint_check_target(const char *dir) {
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
     if (d) closedir(d);
     if (!empty)
-        die(EXIT_USAGE, "%s is a non-empty directory without config.json: refusing to replace it with a "
+        die(EXIT_USAGE, "%s is a non-empty directory without config.json (or adapter_config.json): refusing to replace it with a "
                         "checkpoint (choose another output directory)", dir);
 }
 
-void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *parts) {
-    // strip trailing slashes: "ck/" and "ck" name the same directory
-    char *final = xstrdup(dir);
-    for (size_t n = strlen(final); n > 1 && final[n - 1] == '/'; n--) final[n - 1] = '\0';
-    checkpoint_check_target(final);
-
-    size_t tn = strlen(final) + 32;
-    char *tmp = xmalloc(tn), *old = xmalloc(tn);
-    snprintf(tmp, tn, "%s.tmp.%d", final, (int)getpid());
-    snprintf(old, tn, "%s.old.%d", final, (int)getpid());
-    if (exists(tmp)) rm_tree(tmp);
-    if (mkdir(tmp, 0755) != 0) die(EXIT_RUNTIME, "cannot create %s: %s", tmp, strerror(errno));
-    if (!pending_hook) { atexit(pending_cleanup); pending_hook = 1; }
-    pending_tmp = xstrdup(tmp);
-    zout_signal_dir(tmp);   // and on SIGINT/SIGTERM/SIGHUP
-
+// config.json and model.safetensors of m into dir.
+static void save_model_files(const char *tmp, const Model *m, const CheckpointParts *parts) {
     // config.json: floats with 9 significant digits (float32 round-trips, 1e-05 stays 1e-05)
     json_t *cfg = config_json(&m->cfg, parts);
     if (parts && parts->tokenizer_path) add_token_ids(cfg, parts);
@@ -340,12 +307,33 @@ void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *par
     free(p);
     tensors_free_names(t, n);
     free(t);
+}
 
+void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *parts) {
+    // strip trailing slashes: "ck/" and "ck" name the same directory
+    char *final = xstrdup(dir);
+    for (size_t n = strlen(final); n > 1 && final[n - 1] == '/'; n--) final[n - 1] = '\0';
+    checkpoint_check_target(final);
+
+    size_t tn = strlen(final) + 32;
+    char *tmp = xmalloc(tn), *old = xmalloc(tn);
+    snprintf(tmp, tn, "%s.tmp.%d", final, (int)getpid());
+    snprintf(old, tn, "%s.old.%d", final, (int)getpid());
+    if (path_exists(tmp)) rm_tree(tmp);
+    if (mkdir(tmp, 0755) != 0) die(EXIT_RUNTIME, "cannot create %s: %s", tmp, strerror(errno));
+    if (!pending_hook) { atexit(pending_cleanup); pending_hook = 1; }
+    pending_tmp = xstrdup(tmp);
+    zout_signal_dir(tmp);   // and on SIGINT/SIGTERM/SIGHUP
+
+    if (m->lora) lora_save_files(tmp, m->lora);   // a PEFT adapter: the base is not written again
+    else save_model_files(tmp, m, parts);
+    char *p;
     if (parts) {
         if (parts->tokenizer_path) save_tokenizer(tmp, parts->tokenizer_path);
         if (parts->opt) {
-            if (parts->opt->n != m->n_params)
-                warn("saving optimizer state of %zu values with a model of %zu parameters", parts->opt->n, m->n_params);
+            if (parts->opt->n != model_trainable(m).n)
+                warn("saving optimizer state of %zu values with a model of %zu trainable parameters", parts->opt->n,
+                     model_trainable(m).n);
             p = path_join(tmp, "optimizer.safetensors");
             save_optimizer(p, parts->opt);
             free(p);
@@ -368,7 +356,7 @@ void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *par
     }
 
     // swap into place: old away, new in, old removed
-    int had_old = is_dir(final);
+    int had_old = path_is_dir(final);
     if (had_old && rename(final, old) != 0) die(EXIT_RUNTIME, "cannot move %s aside to %s: %s", final, old, strerror(errno));
     if (rename(tmp, final) != 0) {
         int e = errno;
@@ -388,9 +376,9 @@ void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *par
 // loading
 
 int checkpoint_is_dir(const char *path) {
-    if (!is_dir(path)) return 0;
+    if (!path_is_dir(path)) return 0;
     char *p = path_join(path, "config.json");
-    int ok = exists(p);
+    int ok = path_exists(p);
     free(p);
     return ok;
 }
@@ -489,10 +477,10 @@ typedef struct {
 static StSet stset_open(const char *dir) {
     StSet s = {0};
     char *single = path_join(dir, "model.safetensors"), *index = path_join(dir, "model.safetensors.index.json");
-    if (exists(single)) {
+    if (path_exists(single)) {
         s.f = xmalloc(sizeof(SafeTensors *));
         s.f[s.n++] = safetensors_open(single);
-    } else if (exists(index)) {
+    } else if (path_exists(index)) {
         json_t *j = load_json(index);
         json_t *map = json_object_get(j, "weight_map");
         if (!json_is_object(map)) die(EXIT_BADINPUT, "%s: no \"weight_map\" object", index);
@@ -591,7 +579,7 @@ int checkpoint_tensor_shape(const char *dir, const char *name, int64_t *shape) {
 
 int checkpoint_load_optimizer(const char *dir, AdamW *opt) {
     char *p = path_join(dir, "optimizer.safetensors");
-    if (!exists(p)) { free(p); return 0; }
+    if (!path_exists(p)) { free(p); return 0; }
     SafeTensors *st = safetensors_open(p);
     int64_t shape[1] = {(int64_t)opt->n};
     safetensors_read_f32(st, "exp_avg", opt->m, 1, shape, 0);
@@ -608,14 +596,14 @@ int checkpoint_load_optimizer(const char *dir, AdamW *opt) {
 
 int checkpoint_was_trained(const char *dir) {
     char *p = path_join(dir, "trainer_state.json");
-    int yes = exists(p);
+    int yes = path_exists(p);
     free(p);
     return yes;
 }
 
 json_t *checkpoint_load_trainer_state(const char *dir) {
     char *p = path_join(dir, "trainer_state.json");
-    json_t *j = exists(p) ? load_json(p) : NULL;
+    json_t *j = path_exists(p) ? load_json(p) : NULL;
     free(p);
     return j;
 }
@@ -624,7 +612,7 @@ int checkpoint_load_group(const char *dir, const char *name, const StTensor *t, 
     char file[PATH_MAX];
     snprintf(file, sizeof file, "%s.safetensors", name);
     char *p = path_join(dir, file);
-    if (!exists(p)) { free(p); return 0; }
+    if (!path_exists(p)) { free(p); return 0; }
     SafeTensors *st = safetensors_open(p);
     for (int i = 0; i < n; i++) safetensors_read_f32(st, t[i].name, (float *)t[i].data, t[i].ndim, t[i].shape, 0);
     safetensors_close(st);
@@ -636,7 +624,12 @@ int checkpoint_load_group(const char *dir, const char *name, const StTensor *t, 
 // model_load and the tokenizer beside a model
 
 Model *model_load(const char *path) {
-    if (is_dir(path)) {
+    if (lora_is_adapter_dir(path) && !checkpoint_is_dir(path)) {   // a PEFT adapter: its base with it merged
+        Model *m = lora_load_model(path);
+        lora_detach(m);
+        return m;
+    }
+    if (path_is_dir(path)) {
         if (!checkpoint_is_dir(path)) die(EXIT_BADINPUT, "%s: a directory without config.json is not a checkpoint", path);
         return checkpoint_load_model(path);
     }
@@ -675,12 +668,17 @@ static long count_tokens(const char *path) {
 }
 
 char *model_tokenizer_path(const char *model_path) {
-    if (is_dir(model_path)) {
+    if (path_is_dir(model_path)) {
         static const char *const names[3] = {"tokenizer.json", "tokenizer.bin", "tokenizer.gguf"};
         for (int i = 0; i < 3; i++) {
             char *p = path_join(model_path, names[i]);
-            if (exists(p)) return p;
+            if (path_exists(p)) return p;
             free(p);
+        }
+        if (lora_is_adapter_dir(model_path) && !checkpoint_is_dir(model_path)) {   // an adapter without one: its base's
+            char *base = lora_base_path(model_path), *tok = model_tokenizer_path(base);
+            free(base);
+            return tok;
         }
         die(EXIT_BADINPUT, "%s has no tokenizer.json, tokenizer.bin or tokenizer.gguf\n"
             "  hint: pass --tokenizer FILE (tokenizer.json, a llama2.c tokenizer.bin or a .gguf)", model_path);

@@ -14,6 +14,10 @@
 //   DIR/trainer_state.json       optional: the caller's JSON object (step, RNG seed/counter, ...)
 //   DIR/<group>.safetensors      optional named tensor groups, e.g. value_head.safetensors
 //
+// A model with an adapter (m->lora, lora.h) is saved as a PEFT adapter directory instead:
+// adapter_config.json and adapter_model.safetensors in place of config.json and
+// model.safetensors (the base is not written again), with the same optional files.
+//
 // Saving writes everything into "DIR.tmp.<pid>" and renames it to DIR at the end; an existing
 // DIR is renamed away first and removed after the new one is in place, so a killed process
 // never leaves a half-written checkpoint under the final name.
@@ -21,7 +25,8 @@
 // model_load() takes a llama2.c .bin file, a GGUF file (gguf.h) or a checkpoint directory (also
 // HF model directories: config.json of LlamaForCausalLM / Qwen2ForCausalLM (or their
 // *ForSequenceClassification), F32/F16/BF16 safetensors, memory-mapped, single or sharded
-// with model.safetensors.index.json).
+// with model.safetensors.index.json), or a PEFT adapter directory (adapter_config.json: its
+// base model loaded and the adapter merged into plain weights, lora.h).
 // Every loading error exits with status 2 and names the file (and tensor).
 #ifndef SAFE_CHECKPOINT_H
 #define SAFE_CHECKPOINT_H

@@ -239,3 +239,20 @@ const char *safe_data_dir(void) {
     }
     return "../shared/data";
 }
+
+char *path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = xmalloc(n);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+int path_is_dir(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+int path_exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}

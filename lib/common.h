@@ -55,6 +55,11 @@ void output_check(const char *path, const char *option);
 // and be writable.
 void output_parent_check(const char *path, const char *option);
 
+// Paths: dir/name (malloc'd); 1 when path is a directory; 1 when path exists at all.
+char *path_join(const char *dir, const char *name);
+int path_is_dir(const char *path);
+int path_exists(const char *path);
+
 // Monotonic wall clock in seconds.
 double now_seconds(void);
 

@@ -29,6 +29,7 @@
 
 #include "common.h"   // die, xmalloc/xcalloc, exit codes
 #include "mathfn.h"   // exp_approx
+#include "lora.h"     // lora_backward, lora_zero_grad: adapter gradients
 #include "matmul.h"   // matmul_nt: batch-invariant products; transpose
 
 #include <math.h>
@@ -240,6 +241,7 @@ void model_free(Model *m) {
         free(a->rope_sin);
         free(a);
     }
+    lora_free(m->lora);
     free(m->params);
     free(m->grads);
     free(m->grad_sum);
@@ -276,6 +278,10 @@ void model_init_random(Model *m, uint64_t seed, float std) {
 }
 
 void model_zero_grad(Model *m) {
+    if (m->lora) {   // the base is frozen: no buffers for it
+        lora_zero_grad(m->lora);
+        return;
+    }
     if (!m->grads) {
         m->grads = xcalloc(m->n_params, sizeof(float));
         m->grad_sum = xcalloc(m->n_params, sizeof(double));
@@ -287,14 +293,24 @@ void model_zero_grad(Model *m) {
 }
 
 void model_round_grads(Model *m) {
+    if (m->lora) {
+        lora_round_grads(m->lora);
+        return;
+    }
     if (!m->grads) die(EXIT_USAGE, "model_round_grads: no gradient buffer (call model_zero_grad first)");
     #pragma omp parallel for schedule(static) if (m->n_params >= (1 << 20))
     for (size_t i = 0; i < m->n_params; i++) m->grads[i] = (float)m->grad_sum[i];
 }
 
-// The double accumulator of a gradient view (m->g.*): the same offset in grad_sum. NULL stays.
-static double *gsum(const Model *m, const float *gview) {
-    return gview ? m->grad_sum + (gview - m->grads) : NULL;
+Trainable model_trainable(const Model *m) {
+    if (m->lora) return (Trainable){m->lora->n_params, m->lora->params, m->lora->grads, m->lora->grad_sum};
+    return (Trainable){m->n_params, m->params, m->grads, m->grad_sum};
+}
+
+// The double accumulator of a gradient view (m->g.*) at element off: the same place in
+// grad_sum. NULL for a view that does not exist (no biases) and for a frozen base (adapter).
+static double *gsum(const Model *m, const float *gview, size_t off) {
+    return gview && !m->lora ? m->grad_sum + (gview - m->grads) + off : NULL;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,6 +413,7 @@ static void rmsnorm_backward(const ModelActs *a, int B, float *dinp, double *dw,
         float c = (float)(dot * r * r * r / C);
         for (int i = 0; i < C; i++) dx[i] += r * w[i] * dy[i] - x[i] * c;
     }
+    if (!dw) return;   // frozen (an adapter trains instead)
     // dw_i += sum_n dy_i x_i r: channels split over threads; per sequence, positions in order
     #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int i0 = 0; i0 < C; i0 += 16) {
@@ -885,7 +902,7 @@ void model_forward(Model *m, const int32_t *tokens, const uint8_t *mask, int B, 
 // The scratch layout (dres, dhid, dln, ...) is the one backward_trunk reads.
 static float *backward_begin(Model *m, const float *dhidden, const char *fn) {
     ModelActs *a = m->acts;
-    if (!m->grads) die(EXIT_USAGE, "%s: no gradient buffer (call model_zero_grad first)", fn);
+    if (!model_trainable(m).grads) die(EXIT_USAGE, "%s: no gradient buffer (call model_zero_grad first)", fn);
     if (!m->hidden) die(EXIT_USAGE, "%s: no forward pass to differentiate", fn);
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->dim, F = c->hidden_dim, hs = C / c->n_heads;
@@ -915,7 +932,7 @@ void model_backward(Model *m, const float *dlogits, const float *dhidden) {
     int B = m->B, N = B * m->T, C = m->cfg.dim, V = m->cfg.vocab_size;
     // logits = hidden @ lm_head^T
     if (dlogits)
-        matmul_backward(a, a->seg_start, a->seg_len, B, dhid, gsum(m, m->g.lm_head), NULL, dlogits,
+        matmul_backward(a, a->seg_start, a->seg_len, B, dhid, gsum(m, m->g.lm_head, 0), NULL, dlogits,
                         transposed(a, a->hidden, N, C), m->w.lm_head, N, C, V, 1);
     backward_trunk(m);
 }
@@ -970,7 +987,7 @@ void model_backward_rows(Model *m, int n, const int *rows, const float *dlogits,
         gather_hidden(m, n, rows, h);
         transpose(hT, h, n, C);
         // logits rows = hidden rows @ lm_head^T: drow (n,C), d lm_head per sequence
-        matmul_backward(a, ss, sl, B, drow, gsum(m, m->g.lm_head), NULL, dlogits, hT, m->w.lm_head, n, C, V, 0);
+        matmul_backward(a, ss, sl, B, drow, gsum(m, m->g.lm_head, 0), NULL, dlogits, hT, m->w.lm_head, n, C, V, 0);
         for (int i = 0; i < n; i++) {
             float *d = dhid + (size_t)rows[i] * C;
             const float *src = drow + (size_t)i * C;
@@ -979,6 +996,14 @@ void model_backward_rows(Model *m, int n, const int *rows, const float *dlogits,
         free(ss); free(sl); free(h); free(hT); free(drow);
     }
     backward_trunk(m);
+}
+
+// The adapter's gradients for projection t of layer l (nothing without an adapter): dy its
+// output gradient (N, out), x its input (N, in) and xT that transposed.
+static void adapter_backward(Model *m, int t, int l, const float *dy, const float *x, const float *xT) {
+    if (!m->lora) return;
+    ModelActs *a = m->acts;
+    lora_backward(m->lora, t, l, dy, x, xT, m->B * m->T, a->seg_start, a->seg_len, m->B);
 }
 
 // From dhid (the scratch of backward_begin) down to the embeddings; then the fp32 gradients.
@@ -1004,7 +1029,7 @@ static void backward_trunk(Model *m) {
 
     // hidden = rmsnorm(res[L])
     memset(dres, 0, NC * sizeof(float));
-    rmsnorm_backward(a, B, dres, gsum(m, g->final_norm), dhid, a->res + (size_t)c->n_layers * NC, w->final_norm, a->lnf_rstd, N, C);
+    rmsnorm_backward(a, B, dres, gsum(m, g->final_norm, 0), dhid, a->res + (size_t)c->n_layers * NC, w->final_norm, a->lnf_rstd, N, C);
     // padded positions: nothing upstream of them is used; drop whatever came in there
     for (int n = 0; n < N; n++)
         if (!a->mask[n]) memset(dres + (size_t)n * C, 0, C * sizeof(float));
@@ -1016,19 +1041,25 @@ static void backward_trunk(Model *m) {
         const float *h1 = a->h1 + (size_t)l * N * F, *h3 = a->h3 + (size_t)l * N * F, *gate = a->gate + (size_t)l * N * F;
 
         // res_out = mid + gate @ w2^T: dres flows on to mid unchanged
-        matmul_backward(a, a->seg_start, a->seg_len, B, dgate, gsum(m, g->w2) + (size_t)l * C * F, NULL, dres, transposed(a, gate, N, F), w->w2 + (size_t)l * C * F, N, F, C, 0);
+        const float *gateT = transposed(a, gate, N, F);
+        matmul_backward(a, a->seg_start, a->seg_len, B, dgate, gsum(m, g->w2, (size_t)l * C * F), NULL, dres, gateT, w->w2 + (size_t)l * C * F, N, F, C, 0);
+        adapter_backward(m, LORA_DOWN, l, dres, gate, gateT);
         // gate = silu(h1) * h3
         swiglu_backward(dh1, dh3, dgate, h1, h3, (size_t)N * F);
         // h1 = ln2 @ w1^T, h3 = ln2 @ w3^T
         const float *ln2T = transposed(a, ln2, N, C);
-        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->w1) + (size_t)l * F * C, NULL, dh1, ln2T, w->w1 + (size_t)l * F * C, N, C, F, 0);
-        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->w3) + (size_t)l * F * C, NULL, dh3, ln2T, w->w3 + (size_t)l * F * C, N, C, F, 1);
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->w1, (size_t)l * F * C), NULL, dh1, ln2T, w->w1 + (size_t)l * F * C, N, C, F, 0);
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->w3, (size_t)l * F * C), NULL, dh3, ln2T, w->w3 + (size_t)l * F * C, N, C, F, 1);
+        adapter_backward(m, LORA_GATE, l, dh1, ln2, ln2T);
+        adapter_backward(m, LORA_UP, l, dh3, ln2, ln2T);
         // ln2 = rmsnorm(mid)
-        rmsnorm_backward(a, B, dres, gsum(m, g->ffn_norm) + (size_t)l * C, dln, mid, w->ffn_norm + (size_t)l * C,
+        rmsnorm_backward(a, B, dres, gsum(m, g->ffn_norm, (size_t)l * C), dln, mid, w->ffn_norm + (size_t)l * C,
                          a->ln2_rstd + (size_t)l * N, N, C);
 
         // mid = res + atty @ wo^T: dres flows on to res unchanged
-        matmul_backward(a, a->seg_start, a->seg_len, B, datty, gsum(m, g->wo) + (size_t)l * C * qd, NULL, dres, transposed(a, atty, N, qd), w->wo + (size_t)l * C * qd, N, qd, C, 0);
+        const float *attyT = transposed(a, atty, N, qd);
+        matmul_backward(a, a->seg_start, a->seg_len, B, datty, gsum(m, g->wo, (size_t)l * C * qd), NULL, dres, attyT, w->wo + (size_t)l * C * qd, N, qd, C, 0);
+        adapter_backward(m, LORA_O, l, dres, atty, attyT);
         // atty = attention(q, k, v)
         attention_backward(dq, dk, dv, datty, q, k, v, atty, a->lse + (size_t)l * N * H, a->vidx, a->nvalid,
                            B, T, H, KV, hs);
@@ -1037,21 +1068,24 @@ static void backward_trunk(Model *m) {
         rope_backward(dk, a->pos, N, KV, hs, a->rope_cos, a->rope_sin);
         // q0 = ln1 @ wq^T + bq, k0 = ..., v = ...
         const float *ln1T = transposed(a, ln1, N, C);
-        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wq) + (size_t)l * qd * C, g->bq ? gsum(m, g->bq) + (size_t)l * qd : NULL, dq, ln1T,
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wq, (size_t)l * qd * C), gsum(m, g->bq, (size_t)l * qd), dq, ln1T,
                         w->wq + (size_t)l * qd * C, N, C, qd, 0);
-        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wk) + (size_t)l * kvd * C, g->bk ? gsum(m, g->bk) + (size_t)l * kvd : NULL, dk, ln1T,
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wk, (size_t)l * kvd * C), gsum(m, g->bk, (size_t)l * kvd), dk, ln1T,
                         w->wk + (size_t)l * kvd * C, N, C, kvd, 1);
-        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wv) + (size_t)l * kvd * C, g->bv ? gsum(m, g->bv) + (size_t)l * kvd : NULL, dv, ln1T,
+        matmul_backward(a, a->seg_start, a->seg_len, B, dln, gsum(m, g->wv, (size_t)l * kvd * C), gsum(m, g->bv, (size_t)l * kvd), dv, ln1T,
                         w->wv + (size_t)l * kvd * C, N, C, kvd, 1);
+        adapter_backward(m, LORA_Q, l, dq, ln1, ln1T);
+        adapter_backward(m, LORA_K, l, dk, ln1, ln1T);
+        adapter_backward(m, LORA_V, l, dv, ln1, ln1T);
         // ln1 = rmsnorm(res)
-        rmsnorm_backward(a, B, dres, gsum(m, g->attn_norm) + (size_t)l * C, dln, res, w->attn_norm + (size_t)l * C,
+        rmsnorm_backward(a, B, dres, gsum(m, g->attn_norm, (size_t)l * C), dln, res, w->attn_norm + (size_t)l * C,
                          a->ln1_rstd + (size_t)l * N, N, C);
     }
 
     // x = tok_emb[token]: rows in order on one thread (a token may repeat), each position's
     // fp32 gradient added to the double sum
-    double *ge0 = gsum(m, g->tok_emb);
-    for (int n = 0; n < N; n++) {
+    double *ge0 = gsum(m, g->tok_emb, 0);
+    for (int n = 0; ge0 && n < N; n++) {
         if (!a->mask[n]) continue;
         double *ge = ge0 + (size_t)a->tokens[n] * C;
         const float *d = dres + (size_t)n * C;

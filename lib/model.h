@@ -46,6 +46,7 @@ typedef struct {
 } ParamViews;
 
 typedef struct ModelActs ModelActs;  // activations kept for backward (model.c)
+struct Lora;                         // a low-rank adapter (lora.h)
 
 typedef struct {
     ModelConfig cfg;
@@ -61,6 +62,8 @@ typedef struct {
     float *hidden;     // (B, T, C) final-norm output: the "last hidden state"
     float *logits;     // (B, T, V) or NULL when the forward was asked for no logits
     ModelActs *acts;
+    struct Lora *lora; // NULL: every parameter trains. Else the base is frozen (no grads,
+                       //   grad_sum): the backward gives the adapter its gradients (lora.h)
 } Model;
 
 size_t model_param_count(const ModelConfig *cfg);
@@ -100,8 +103,17 @@ void model_backward_rows(Model *m, int n, const int *rows, const float *dlogits,
 // bit-identical to those rows of the full logits. The buffer is the model's, valid until the
 // next forward; asking again for the same rows returns it without recomputing.
 const float *model_logits_rows(Model *m, int n, const int *rows);
-void model_zero_grad(Model *m);       // grads and grad_sum to zero (allocated on first use)
-void model_round_grads(Model *m);     // grads = (float)grad_sum (after an all-reduce of grad_sum)
+// Zero the gradients and their double sums (allocated on first use); with an adapter, its.
+void model_zero_grad(Model *m);
+// grads = (float)grad_sum (after an all-reduce of grad_sum); with an adapter, its.
+void model_round_grads(Model *m);
+// What trains: the model's parameters, or its adapter's (lora.h). Views of the same buffers.
+typedef struct {
+    size_t n;
+    float *params, *grads;   // (n) grads NULL before the first model_zero_grad
+    double *grad_sum;        // (n)
+} Trainable;
+Trainable model_trainable(const Model *m);
 
 // ---- incremental decoding ----
 typedef struct {

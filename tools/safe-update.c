@@ -26,6 +26,7 @@
 #include "comm.h"        // ranks, slices, all-reduce of gradients and statistics
 #include "cli.h"         // opt_float, opt_int, opt_u64
 #include "common.h"      // die, xmalloc, exit codes
+#include "lora.h"        // LoRA adapters: --lora-r, adapter directories
 #include "losses.h"      // ppo_loss_*, entropy_bonus_*, kl_estimate, epc_*
 #include "progress.h"    // progress bar on stderr
 #include "recstore.h"    // the whole batch in memory
@@ -46,6 +47,8 @@ typedef struct {
     unsigned long long seed;
     int level, quiet;
     double comm_timeout;    // seconds a collective waits (0: $SAFE_COMM_TIMEOUT or 300)
+    LoraConfig lora;        // --lora-*: r 0 = no adapter given on the command line
+    int lora_alpha_set, lora_targets_set;
 } Options;
 
 static void usage(FILE *f) {
@@ -79,7 +82,13 @@ static void usage(FILE *f) {
         "  --lambda-m X           momentum weight (5.0)\n"
         "  --step-limit KLMAX     predictive step limit: scale a step whose KL(old||new) > KLMAX\n"
         "                         (0 = off, the default)\n"
-        "  --seed N               minibatch shuffling seed (0)\n"
+        "  --seed N               minibatch shuffling seed, and a new adapter's initialisation (0)\n"
+        "  --lora-r R             train a LoRA adapter of rank R on the frozen --policy instead of\n"
+        "                         every weight; the output is a PEFT adapter directory. A --policy\n"
+        "                         that is an adapter directory goes on training that adapter\n"
+        "  --lora-alpha A         LoRA scale alpha (8: PEFT's default; the update is alpha/R B A)\n"
+        "  --lora-targets LIST    adapted projections: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,\n"
+        "                         down_proj (or q,k,v,o,gate,up,down, or all; default q_proj,v_proj)\n"
         "  --level N              zstd level of the stats shard (3; 0 = raw)\n"
         "  -q, --quiet                no progress on stderr\n"
         "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
@@ -92,7 +101,8 @@ static void usage(FILE *f) {
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_POLICY = 256, O_CONTROL, O_STATS, O_ALGO, O_EPOCHS, O_MB, O_LR, O_WD, O_CLIP, O_ENT,
            O_GCLIP, O_TEMP, O_DETACH, O_KLEST, O_LAMBDA_A, O_HFLOOR, O_EPSH, O_GATEMIN, O_MOM,
-           O_LAMBDA_M, O_STEPLIM, O_SEED, O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION, O_DEVICE };
+           O_LAMBDA_M, O_STEPLIM, O_SEED, O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION, O_DEVICE,
+           O_LORA_R, O_LORA_ALPHA, O_LORA_TARGETS };
     static const struct option longs[] = {
         {"policy", 1, 0, O_POLICY}, {"control", 1, 0, O_CONTROL}, {"input", 1, 0, 'i'},
         {"output", 1, 0, 'o'}, {"stats", 1, 0, O_STATS}, {"algo", 1, 0, O_ALGO},
@@ -103,11 +113,14 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"eps-h", 1, 0, O_EPSH}, {"gate-min", 1, 0, O_GATEMIN}, {"momentum", 0, 0, O_MOM},
         {"lambda-m", 1, 0, O_LAMBDA_M}, {"step-limit", 1, 0, O_STEPLIM}, {"seed", 1, 0, O_SEED},
         {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET}, {"comm-timeout", 1, 0, O_COMMTO},
-        {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
+        {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {"device", 1, 0, O_DEVICE},
+        {"lora-r", 1, 0, O_LORA_R}, {"lora-alpha", 1, 0, O_LORA_ALPHA}, {"lora-targets", 1, 0, O_LORA_TARGETS},
+        {0, 0, 0, 0}};
     *o = (Options){.input = "-", .stats = "-", .algo = "safe", .epochs = 2, .minibatches = 1,
                    .lr = 1e-5f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .temperature = -1,
                    .adam_eps = 1e-8f, .clip_eps = 0.2f, .ent_coef = -1, .grad_clip = 1.0f,
-                   .level = 3, .epc = epc_defaults()};
+                   .level = 3, .epc = epc_defaults(),
+                   .lora = {.alpha = 8, .targets = 1u << LORA_Q | 1u << LORA_V}};   // PEFT's defaults
     int c;
     while ((c = getopt_long(argc, argv, "i:o:q", longs, NULL)) != -1) {
         switch (c) {
@@ -147,6 +160,21 @@ static void parse_args(int argc, char **argv, Options *o) {
         case 'q': o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_DEVICE: o->device = optarg; break;
+        case O_LORA_R:
+            o->lora.r = opt_int("lora-r", optarg);
+            if (o->lora.r < 1 || o->lora.r > 4096) die(EXIT_USAGE, "--lora-r must be 1 to 4096 (got %d)", o->lora.r);
+            break;
+        case O_LORA_ALPHA:
+            o->lora.alpha = opt_float("lora-alpha", optarg);
+            if (!(o->lora.alpha > 0)) die(EXIT_USAGE, "--lora-alpha must be > 0 (got %g)", o->lora.alpha);
+            o->lora_alpha_set = 1;
+            break;
+        case O_LORA_TARGETS: {
+            char why[256];
+            if (lora_parse_targets(optarg, &o->lora.targets, why, sizeof why) != 0) die(EXIT_USAGE, "--lora-targets: %s", why);
+            o->lora_targets_set = 1;
+            break;
+        }
         case O_HELP: usage(stdout); exit(EXIT_OK);
         case O_VERSION: safe_print_version("safe-update"); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
@@ -168,6 +196,8 @@ static void parse_args(int argc, char **argv, Options *o) {
     if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
     char why[256];
     if (epc_config_check(&o->epc, why, sizeof why) != 0) die(EXIT_USAGE, "%s", why);
+    if (!o->lora.r && (o->lora_alpha_set || o->lora_targets_set))
+        die(EXIT_USAGE, "--lora-alpha and --lora-targets describe an adapter: give --lora-r too");
     (void)device_select(o->device);   // --device cuda without a GPU: exit 1 before any work
 }
 
@@ -357,7 +387,8 @@ static void update_minibatch(const Options *o, Backend *bk, Model *m, AdamW *opt
     backend_allreduce_grads(bk, "policy gradients");
     const char *gname = "policy";
     const float *gbuf = backend_grads_for_dump(bk);
-    comm_dump_grads(st->updates, 1, &gname, &gbuf, &m->n_params);
+    size_t gn = model_trainable(m).n;
+    comm_dump_grads(st->updates, 1, &gname, &gbuf, &gn);
     long long bad = backend_first_nonfinite_grad(bk);
     if (bad >= 0) die(EXIT_RUNTIME, "non-finite policy gradient (parameter %lld): lower --lr?", bad);
     double gnorm = backend_clip_grads(bk, o->grad_clip);
@@ -446,6 +477,31 @@ static void write_stats(ShardWriter *w, const Options *o, const RecStore *s, con
     fields_free(h);
 }
 
+// The policy to train: a checkpoint as it is (every weight trains), with a new adapter
+// (--lora-r: the base frozen), or an adapter directory whose adapter goes on training.
+static Model *load_policy(const Options *o) {
+    if (lora_is_adapter_dir(o->policy) && !checkpoint_is_dir(o->policy)) {
+        Model *m = lora_load_model(o->policy);
+        const LoraConfig *c = &m->lora->cfg;
+        // the pipeline passes the same --lora-* every iteration: they must describe this adapter
+        if (o->lora.r && (o->lora.r != c->r || (o->lora_alpha_set && o->lora.alpha != c->alpha) ||
+                          (o->lora_targets_set && o->lora.targets != c->targets)))
+            die(EXIT_USAGE, "--policy %s is an adapter of rank %d, alpha %g on %s, which the --lora-* options "
+                "contradict (drop them to go on training it, or merge it first with safe-convert)", o->policy, c->r,
+                c->alpha, lora_targets_string(c->targets));
+        return m;
+    }
+    Model *m = model_load(o->policy);
+    if (o->lora.r) {
+        Lora *lo = lora_create(&m->cfg, &o->lora);
+        lora_init(lo, o->seed);
+        char *abs = realpath(o->policy, NULL);   // the base, wherever the adapter is read from
+        lo->base_path = abs ? abs : xstrdup(o->policy);
+        lora_attach(m, lo);
+    }
+    return m;
+}
+
 static void save_policy(const Options *o, const Model *m, const AdamW *opt, long iteration) {
     char *tok = model_tokenizer_path(o->policy);
     json_t *state = json_pack("{s:I, s:I, s:s}", "step", (json_int_t)opt->step,
@@ -491,12 +547,12 @@ int main(int argc, char **argv) {
     if (!(o.temperature > 0)) die(EXIT_BADINPUT, "%s: header field 'temperature' must be > 0", s->path);
     long iteration = (long)recstore_header_f64(s, "iteration", ctl.iteration > 0 ? ctl.iteration : 0);
 
-    Model *m = model_load(o.policy);
+    Model *m = load_policy(&o);
     AdamWConfig ac = {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.adam_eps,
                       .weight_decay = o.weight_decay};
-    AdamW *opt = adamw_create(m->n_params, ac);
+    AdamW *opt = adamw_create(model_trainable(m).n, ac);
     Backend *bk = backend_create(m, device_select(o.device), "safe-update", o.quiet);
-    if (checkpoint_is_dir(o.policy)) {
+    if (checkpoint_is_dir(o.policy) || lora_is_adapter_dir(o.policy)) {
         if (!checkpoint_load_optimizer(o.policy, opt) && checkpoint_was_trained(o.policy))
             warn("%s has no optimizer.safetensors (pruned: KEEP_OPT in pipelines/safe.mk?): AdamW starts from "
                  "zero moments, so this step differs from the original run's", o.policy);
@@ -513,7 +569,8 @@ int main(int argc, char **argv) {
     RolloutStats rs = rollout_stats(s, full, old, ref, ent);
     if (ci->world > 1) {
         // every rank must start from the same weights, optimiser state, control and batch
-        uint64_t h[8] = {comm_hash(m->params, m->n_params * sizeof(float)),
+        Trainable tr = model_trainable(m);   // with an adapter: its weights and the base's (merged in m->params)
+        uint64_t h[8] = {comm_hash(m->params, m->n_params * sizeof(float)) ^ (m->lora ? comm_hash(tr.params, tr.n * sizeof(float)) : 0),
                          comm_hash(opt->m, opt->n * sizeof(float)), comm_hash(opt->v, opt->n * sizeof(float)),
                          (uint64_t)opt->step, comm_hash(&ctl, sizeof ctl),
                          comm_hash(full->tokens, (size_t)full->B * full->T * sizeof(int32_t)),

@@ -1,0 +1,97 @@
+// lora.h — low-rank adapters (LoRA) on the Llama projections.
+//
+// An adapted projection is W' = W + s B A, with A (r, in), B (out, r) and s = alpha / r
+// (alpha / sqrt(r) with rsLoRA). Only A and B train; every base parameter is frozen.
+//
+// The model always runs on merged weights: lora_merge writes W' into the Model's own
+// matrices from a kept copy of W. So the forward pass, generation, the KV cache and the CUDA
+// backend need nothing new, and a policy's log-probs are bit-identical whether it is being
+// trained or was loaded from its saved adapter (both merge the same way). The backward
+// (model.c) goes through W' as usual, skips every base-parameter gradient, and calls
+// lora_backward for each adapted projection with its output gradient dy (N, out) and input
+// x (N, in):
+//     u = x A^T (N, r)      dB += s dy^T u      dA += (s dy B)^T x
+// each a double sum of per-sequence fp32 terms like the model's own gradients (model.h), so
+// data-parallel ranks still reproduce one rank.
+//
+// On disk an adapter is a PEFT directory (lora_peft.c): adapter_config.json and
+// adapter_model.safetensors, whose base_model_name_or_path names the frozen base.
+#ifndef SAFE_LORA_H
+#define SAFE_LORA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"   // Model, ModelConfig
+
+// The projections an adapter may sit on, with their Hugging Face module names.
+typedef enum { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN, LORA_NTARGETS } LoraTarget;
+extern const char *const lora_target_names[LORA_NTARGETS];   // "q_proj", ..., "down_proj"
+
+typedef struct {
+    int r;              // rank, >= 1
+    float alpha;        // lora_alpha
+    int rslora;         // 1: s = alpha / sqrt(r) (use_rslora), else alpha / r
+    unsigned targets;   // bit (1 << LoraTarget) per adapted projection, at least one
+} LoraConfig;
+
+typedef struct Lora {
+    LoraConfig cfg;
+    float scale;                  // s
+    int L;                        // layers (every layer is adapted)
+    int in[LORA_NTARGETS], out[LORA_NTARGETS];
+    size_t n_params;              // floats in params (A and B of every target and layer)
+    float *params;                // (n_params)
+    float *grads;                 // (n_params) grad_sum rounded; allocated by lora_zero_grad
+    double *grad_sum;             // (n_params)
+    float *A[LORA_NTARGETS];      // (L, r, in) views into params; NULL when not a target
+    float *B[LORA_NTARGETS];      // (L, out, r)
+    float *base[LORA_NTARGETS];   // (L, out, in) the frozen base weights W (lora_attach)
+    char *base_path;              // base_model_name_or_path written with the adapter
+    float *scratch;               // lora_backward and lora_merge working space
+    size_t scratch_cap;
+} Lora;
+
+// "q_proj,v_proj", "q,k,v,o,gate,up,down", "all" or "all-linear" -> a target mask. 0 = ok,
+// else a message in why.
+int lora_parse_targets(const char *list, unsigned *targets, char *why, size_t why_len);
+// "q_proj,v_proj" for a mask (static buffer).
+const char *lora_targets_string(unsigned targets);
+int lora_config_check(const LoraConfig *c, char *why, size_t why_len);   // 0 ok
+
+Lora *lora_create(const ModelConfig *mc, const LoraConfig *c);   // params zeroed
+void lora_free(Lora *lo);
+// PEFT's initialisation: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform with a = sqrt(5)),
+// B = 0, so a new adapter leaves the model unchanged. Deterministic for a seed.
+void lora_init(Lora *lo, uint64_t seed);
+
+// Keep a copy of m's base weights, hang lo on m (m->lora; m owns it from now on) and merge.
+void lora_attach(Model *m, Lora *lo);
+// W' = W + s B A for every adapted matrix: after loading, after each optimiser step.
+void lora_merge(Model *m);
+// Free the adapter and forget it: m keeps the merged weights as plain weights.
+void lora_detach(Model *m);
+
+void lora_zero_grad(Lora *lo);     // grads and grad_sum to zero (allocated on first use)
+void lora_round_grads(Lora *lo);   // grads = (float)grad_sum
+
+// The adapter gradients of projection `target` in `layer` (model.c's backward): dy (N, out),
+// x (N, in) and xT (in, N) its input; segments as in model.c (one per sequence).
+void lora_backward(Lora *lo, int target, int layer, const float *dy, const float *x, const float *xT, int N,
+                   const int *seg_start, const int *seg_len, int nseg);
+
+// ---- PEFT directories (lora_peft.c) ----
+
+// 1 when path is a directory with adapter_config.json.
+int lora_is_adapter_dir(const char *path);
+// The base model path an adapter names (resolved: as written when it exists, else relative
+// to the adapter directory); dies (exit 2) when it is missing. malloc'd.
+char *lora_base_path(const char *dir);
+// Read the adapter's config (exit 2 naming the file and key on anything unsupported).
+LoraConfig lora_read_config(const char *dir);
+// Load the base model and the adapter, attach it (m->lora, base weights frozen, merged).
+Model *lora_load_model(const char *dir);
+// adapter_config.json and adapter_model.safetensors into dir (checkpoint_save calls it).
+void lora_save_files(const char *dir, const Lora *lo);
+
+#endif

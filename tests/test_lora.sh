@@ -1,0 +1,88 @@
+# test_lora.sh — LoRA adapters through the tools: safe-update --lora-r writes a PEFT adapter,
+# the other tools read it as its base with the adapter merged, training goes on from it, data
+# parallel gives the one-rank adapter, and the pipeline runs with UPDATE_OPTS=--lora-r.
+. "$(dirname "$0")/lib.sh"
+
+MODEL="$DATA/stories260K/stories260K.bin"
+PROMPTS="$DATA/tinystories/prompts.jsonl"
+export OMP_NUM_THREADS=2
+stat_of() { safe-cat "$1" | jq -r ".$2"; }
+
+# the batch: 4 prompts x 2 samples, 16 tokens
+safe-pid --init --quiet -o "$TMP/control0.safe"
+batch() {   # batch POLICY OUT: rollout, score and critic of POLICY's completions
+    safe-rollout --policy "$1" --ref "$MODEL" --prompts "$PROMPTS" --num-prompts 4 --samples-per-prompt 2 \
+        --max-new-tokens 16 --seed 5 --quiet |
+      safe-score --vader --quiet |
+      safe-critic --init-from "$MODEL" --quiet --out-critic "$TMP/critic" -o "$2"
+}
+batch "$MODEL" "$TMP/adv0.safe"
+UPD="--control $TMP/control0.safe --quiet -i $TMP/adv0.safe"
+
+# ---- a new adapter: B = 0, so lr 0 is the base exactly ----
+safe-update --policy "$MODEL" $UPD --lr 0 -o "$TMP/full0" --stats "$TMP/full0.safe"
+safe-update --policy "$MODEL" $UPD --lr 0 --lora-r 4 -o "$TMP/lora0" --stats "$TMP/lora0.safe"
+check lora_lr0_ratio_one test "$(safe-cat "$TMP/lora0.safe" | jq '(.ratio_mean - 1 | fabs) < 1e-5 and .clip_frac == 0')" = true
+check lora_lr0_same_stats_as_full test "$(safe-cat "$TMP/lora0.safe" | jq -cS 'del(.seconds, .peak_rss_mb, .grad_norm)')" = \
+    "$(safe-cat "$TMP/full0.safe" | jq -cS 'del(.seconds, .peak_rss_mb, .grad_norm)')"
+check lora_output_is_peft_adapter test -f "$TMP/lora0/adapter_config.json" -a -f "$TMP/lora0/adapter_model.safetensors" \
+    -a ! -e "$TMP/lora0/model.safetensors" -a ! -e "$TMP/lora0/config.json" -a -f "$TMP/lora0/optimizer.safetensors"
+check lora_config_fields test "$(jq -c '[.peft_type, .r, .lora_alpha, .target_modules, .bias, .use_dora]' "$TMP/lora0/adapter_config.json")" = \
+    '["LORA",4,8,["q_proj","v_proj"],"none",false]'
+check lora_config_names_base test "$(jq -r .base_model_name_or_path "$TMP/lora0/adapter_config.json")" = "$(realpath "$MODEL")"
+check lora_adapter_is_small test "$(stat -c %s "$TMP/lora0/adapter_model.safetensors")" -lt 100000
+
+# ---- a real step: the adapter moves the policy; the rollout of the adapter reads it merged ----
+safe-update --policy "$MODEL" $UPD --lr 3e-2 --lora-r 4 --lora-alpha 16 --lora-targets all -o "$TMP/lora1" \
+    --stats "$TMP/lora1.safe"
+check lora_step_took test "$(stat_of "$TMP/lora1.safe" grad_norm | jq '. > 0')" = true
+batch "$TMP/lora1" "$TMP/adv1.safe"
+check lora_rollout_of_adapter_differs test "$(safe-cat "$TMP/adv1.safe" | jq -s '[.[].logp] | add | add')" != \
+    "$(safe-cat "$TMP/adv0.safe" | jq -s '[.[].logp] | add | add')"
+# going on from the adapter: its merged weights are the rollout's, so lr 0 gives ratio 1
+U1="--control $TMP/control0.safe --quiet -i $TMP/adv1.safe"
+safe-update --policy "$TMP/lora1" $U1 --lr 0 -o "$TMP/lora1b" --stats "$TMP/lora1b.safe"
+check lora_continue_lr0_ratio_one test "$(safe-cat "$TMP/lora1b.safe" | jq '(.ratio_mean - 1 | fabs) < 1e-5 and .clip_frac == 0')" = true
+check lora_continue_keeps_config test "$(jq -c '[.r, .lora_alpha, (.target_modules | length)]' "$TMP/lora1b/adapter_config.json")" = '[4,16,7]'
+check lora_continue_keeps_base test "$(jq -r .base_model_name_or_path "$TMP/lora1b/adapter_config.json")" = "$(realpath "$MODEL")"
+check lora_continue_optimizer_step test "$(jq .step "$TMP/lora1b/trainer_state.json")" = 4
+# the pipeline passes the same --lora-* every iteration: accepted when they agree, else refused
+safe-update --policy "$TMP/lora1" $U1 --lr 1e-3 --lora-r 4 --lora-alpha 16 --lora-targets all -o "$TMP/lora1c" --stats /dev/null
+check lora_same_options_accepted test -f "$TMP/lora1c/adapter_model.safetensors"
+expect_status lora_other_rank_refused 1 safe-update --policy "$TMP/lora1" $U1 --lora-r 8 -o "$TMP/bad" --stats /dev/null
+check lora_other_rank_message grep -q "is an adapter of rank 4, alpha 16 on q_proj" "$TMP/err"
+expect_status lora_alpha_without_r_refused 1 safe-update --policy "$MODEL" $UPD --lora-alpha 4 -o "$TMP/bad"
+expect_status lora_bad_target_refused 1 safe-update --policy "$MODEL" $UPD --lora-r 2 --lora-targets lm_head -o "$TMP/bad"
+expect_status lora_bad_rank_refused 1 safe-update --policy "$MODEL" $UPD --lora-r 0 -o "$TMP/bad"
+check lora_refusals_no_output test ! -e "$TMP/bad"
+
+# ---- safe-convert merges an adapter into a full checkpoint; generation agrees ----
+safe-convert "$TMP/lora1" "$TMP/merged" >/dev/null 2>&1
+check lora_convert_merges test -f "$TMP/merged/model.safetensors" -a -f "$TMP/merged/config.json"
+G="--max-new-tokens 24 --seed 2 --samples 4 --quiet"
+safe-generate --model "$TMP/lora1" -p "Once upon a time" $G > "$TMP/g_adapter.txt"
+safe-generate --model "$TMP/merged" -p "Once upon a time" $G > "$TMP/g_merged.txt"
+check lora_generate_adapter_equals_merged cmp -s "$TMP/g_adapter.txt" "$TMP/g_merged.txt"
+check lora_generate_not_empty test -s "$TMP/g_adapter.txt"
+
+# ---- data parallel: 2 ranks give the one-rank adapter, byte for byte ----
+if command -v mpirun >/dev/null 2>&1 && safe-update --version | grep -q MPI; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    DP="$UPD --lr 3e-2 --lora-r 2 --lora-targets q,o,down --epochs 2 --minibatches 2"
+    OMP_NUM_THREADS=1 safe-update --policy "$MODEL" $DP -o "$TMP/dp1" --stats "$TMP/dp1.safe"
+    OMP_NUM_THREADS=1 ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 timeout 120 \
+        mpirun --oversubscribe --bind-to none -np 2 safe-update --policy "$MODEL" $DP -o "$TMP/dp2" --stats "$TMP/dp2.safe"
+    check lora_dp_2_ranks_same_adapter cmp -s "$TMP/dp1/adapter_model.safetensors" "$TMP/dp2/adapter_model.safetensors"
+    check lora_dp_2_ranks_same_moments cmp -s "$TMP/dp1/optimizer.safetensors" "$TMP/dp2/optimizer.safetensors"
+    check lora_dp_2_ranks_same_stats test "$(safe-cat "$TMP/dp1.safe" | jq -cS 'del(.seconds, .peak_rss_mb)')" = \
+        "$(safe-cat "$TMP/dp2.safe" | jq -cS 'del(.seconds, .peak_rss_mb)')"
+else
+    echo "SKIP lora_dp: no mpirun or no MPI in this build"
+fi
+
+# ---- the make pipeline with an adapter: iteration 1 rolls out iteration 0's adapter ----
+cd "$(dirname "$0")/.."
+make -s --no-print-directory -f pipelines/safe.mk DATA="$DATA" RUN="$TMP/run" ITERS=2 BATCH=4 SAMPLES=2 \
+    MAX_NEW=12 UPDATE_OPTS="--lora-r 4 --lr 1e-2" >"$TMP/make.log" 2>&1
+check lora_pipeline_runs test -f "$TMP/run/0001/policy/adapter_model.safetensors"
+check lora_pipeline_stats test "$(safe-cat "$TMP/run/0001/stats.safe" | jq .iteration)" = 1 || cat "$TMP/make.log"

@@ -3,9 +3,11 @@
 //
 // The tools hold a Backend around their Model and call these instead of model_* / generate /
 // seqbatch_logprobs / adamw_step. On the CPU every call is the call it replaces, on the same
-// buffers (m->params, m->grads, opt->m/v), so CPU results are bit-identical to before. On CUDA
-// the parameters, gradients and moments live on the device from backend_create until
-// backend_sync brings them back into the Model and AdamW (before saving a checkpoint).
+// buffers (what trains, model_trainable: m->params and m->grads, or those of an attached LoRA
+// adapter, whose merged weights are refreshed after each step; opt->m/v), so CPU results are
+// bit-identical to before. On CUDA the parameters, gradients and moments live on the device
+// from backend_create until backend_sync brings them back into the Model and AdamW (before
+// saving a checkpoint); a model with an adapter is refused there (exit 1).
 //
 //   Device d = device_select(o.device);            // --device cpu|cuda (NULL: automatic)
 //   Backend *bk = backend_create(m, d, "safe-update", o.quiet);

@@ -552,7 +552,10 @@ int main(int argc, char **argv) {
                       .weight_decay = o.weight_decay};
     AdamW *opt = adamw_create(model_trainable(m).n, ac);
     Backend *bk = backend_create(m, device_select(o.device), "safe-update", o.quiet);
-    if (checkpoint_is_dir(o.policy) || lora_is_adapter_dir(o.policy)) {
+    // the moments of what trains: a checkpoint's for its weights, an adapter's for the adapter
+    // (a new adapter on a trained checkpoint starts from zero moments)
+    int resumes = m->lora ? lora_is_adapter_dir(o.policy) && !checkpoint_is_dir(o.policy) : checkpoint_is_dir(o.policy);
+    if (resumes) {
         if (!checkpoint_load_optimizer(o.policy, opt) && checkpoint_was_trained(o.policy))
             warn("%s has no optimizer.safetensors (pruned: KEEP_OPT in pipelines/safe.mk?): AdamW starts from "
                  "zero moments, so this step differs from the original run's", o.policy);

@@ -3,14 +3,21 @@
 // on a random 15M-parameter Llama (dim 288, 6 layers, 6 heads, hidden 768, vocab 32000).
 //
 //   build/bench/bench_model [--quick] [--cpu-time]    threads: OMP_NUM_THREADS (default: all)
+//   build/bench/bench_model --lora [--quick]            one training step, full vs LoRA
 //
 // --cpu-time measures process CPU time instead of wall time: on a machine shared with other
 // jobs, with OMP_NUM_THREADS=1, that is the fair clock (time spent descheduled is not ours).
 //
 // Output: one line per measurement, "model <config> <what> <tokens/s> tok/s", which
-// tests/bench/run.sh joins with tests/bench/bench_model_torch.py's lines for ratios.
+// tests/bench/run.sh joins with tests/bench/bench_model_torch.py's lines for ratios. With
+// --lora: "lora <config> <variant> <tokens/s> <MB>" for one whole training step (forward,
+// loss, backward, AdamW; with an adapter also its merge) of every weight ("full", the
+// baseline) and of LoRA adapters, MB being the training state beside the weights (gradients,
+// their double sums, AdamW moments; an adapter's kept copy of the base matrices it adapts).
+#include "adamw.h"    // adamw_step: the optimiser in a whole training step
 #include "common.h"   // now_seconds, safe_data_dir, xmalloc
 #include "logprob.h"  // logprob_forward/backward: the training loss around the model
+#include "lora.h"     // LoRA adapters: the --lora comparison
 #include "matmul.h"   // matmul_isa: which kernel ran
 #include "model.h"    // the engine under test
 
@@ -125,6 +132,65 @@ static double bench_decode(Model *m, int n, int prompt, int steps) {
     return (double)n * steps / dt;
 }
 
+// One training step (forward, loss, backward, AdamW, the adapter's merge) per iteration over
+// (B,T); tokens/s of the best iteration.
+static double bench_step(Model *m, AdamW *opt, int B, int T, int iters) {
+    int V = m->cfg.vocab_size;
+    size_t N = (size_t)B * T;
+    int32_t *tok = xmalloc(N * 4), *tgt = xmalloc(N * 4);
+    uint8_t *mask = xmalloc(N);
+    float *logp = xmalloc(N * 4), *ent = xmalloc(N * 4), *dlogp = xmalloc(N * 4), *dlogits = xmalloc(N * V * 4);
+    for (size_t i = 0; i < N; i++) {
+        tok[i] = rand_tok(V);
+        tgt[i] = rand_tok(V);
+        mask[i] = 1;
+        dlogp[i] = -1.0f / N;
+    }
+    double best = 1e30;
+    for (int it = 0; it <= iters; it++) {   // iteration 0 warms up (allocations)
+        double t0 = clock_s();
+        model_forward(m, tok, mask, B, T, 1);
+        logprob_forward(m->logits, N, V, 1.0f, tgt, logp, ent);
+        memset(dlogits, 0, N * V * sizeof(float));
+        logprob_backward(m->logits, N, V, 1.0f, tgt, dlogp, NULL, dlogits);
+        model_zero_grad(m);
+        model_backward(m, dlogits, NULL);
+        Trainable tr = model_trainable(m);
+        adamw_step(opt, tr.params, tr.grads);
+        lora_merge(m);
+        double dt = clock_s() - t0;
+        if (it > 0 && dt < best) best = dt;
+    }
+    free(tok); free(tgt); free(mask); free(logp); free(ent); free(dlogp); free(dlogits);
+    return N / best;
+}
+
+// Full fine-tuning, then adapters of rank 8 on q,v and on every projection, of copies of m.
+static void run_lora(const char *name, const Model *m, int B, int T, int iters) {
+    static const char *const variants[3] = {"full", "lora(r=8,q_proj,v_proj)", "lora(r=8,all)"};
+    unsigned targets[3] = {0, 1u << LORA_Q | 1u << LORA_V, (1u << LORA_NTARGETS) - 1};
+    for (int k = 0; k < 3; k++) {
+        Model *c = model_clone(m);
+        double state = 0;   // bytes of training state
+        if (targets[k]) {
+            LoraConfig lc = {.r = 8, .alpha = 16, .targets = targets[k]};
+            Lora *lo = lora_create(&c->cfg, &lc);
+            lora_init(lo, 1);
+            lora_attach(c, lo);
+            for (int t = 0; t < LORA_NTARGETS; t++)
+                if (lo->A[t]) state += 4.0 * lo->L * lo->out[t] * lo->in[t];
+        }
+        Trainable tr = model_trainable(c);
+        state += 20.0 * tr.n;   // grads 4, grad_sum 8, AdamW m and v 8
+        AdamW *opt = adamw_create(tr.n, adamw_defaults());
+        double rate = bench_step(c, opt, B, T, iters);
+        printf("lora %s %s %.0f %.1f\n", name, variants[k], rate, state / 1e6);
+        fflush(stdout);
+        adamw_free(opt);
+        model_free(c);
+    }
+}
+
 static void run(const char *name, Model *m, int B, int T, int iters, int steps_scale) {
     double tr = bench_train(m, B, T, iters);
     printf("model %s fwd+bwd(B=%d,T=%d) %.0f tok/s\n", name, B, T, tr);
@@ -143,16 +209,25 @@ static void run(const char *name, Model *m, int B, int T, int iters, int steps_s
 }
 
 int main(int argc, char **argv) {
-    int quick = 0;
+    int quick = 0, lora = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--cpu-time")) use_cpu_time = 1;
-        else die(EXIT_USAGE, "usage: bench_model [--quick] [--cpu-time]");
+        else if (!strcmp(argv[i], "--lora")) lora = 1;
+        else die(EXIT_USAGE, "usage: bench_model [--quick] [--cpu-time] [--lora]");
     }
     fprintf(stderr, "bench_model: %d threads, matmul kernel %s, %s time\n", omp_get_max_threads(), matmul_isa(),
             use_cpu_time ? "process CPU" : "wall");
     Model *m = load_stories();
     if (!m) die(EXIT_BADINPUT, "cannot read %s/stories260K/stories260K.bin (set SAFE_DATA)", safe_data_dir());
+    if (lora) {
+        run_lora("stories260K", m, 8, 256, quick ? 1 : 3);
+        model_free(m);
+        m = random_15m();
+        run_lora("llama15M", m, 4, 256, quick ? 1 : 2);
+        model_free(m);
+        return 0;
+    }
     run("stories260K", m, 8, 256, quick ? 1 : 3, quick ? 16 : 64);
     model_free(m);
     m = random_15m();

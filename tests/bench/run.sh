@@ -11,7 +11,7 @@
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/../.." || exit 1
 
-SECTIONS="shard model generate"
+SECTIONS="shard model generate lora"
 
 title() { printf '\n== %s\n\n' "$1"; }
 
@@ -60,6 +60,24 @@ section_generate() {
     "$SAFE_BUILD/bench/bench_generate" --quick
 }
 
+# LoRA (lib/lora.c): one whole training step (forward, loss, backward, AdamW, the adapter's
+# merge) with adapters of rank 8 against full fine-tuning of the same model in the same run,
+# and the training state each keeps beside the weights.
+section_lora() {
+    title "lora: training step tokens/s and training state vs full fine-tuning (tests/bench/bench_model.c --lora)"
+    "$SAFE_BUILD/bench/bench_model" --lora ${SAFE_BENCH_QUICK:+--quick} | awk '
+        $1 == "lora" { if ($3 == "full") { base[$2] = $4; mem[$2] = $5 }
+                       rows[++n] = $0 }
+        END {
+            printf "%-12s %-24s %10s %8s %10s %8s\n", "config", "variant", "tok/s", "ratio", "state MB", "ratio"
+            for (i = 1; i <= n; i++) {
+                split(rows[i], f, " ")
+                printf "%-12s %-24s %10s %7.2fx %10s %7.3fx\n", f[2], f[3], f[4], f[4] / base[f[2]], f[5], f[5] / mem[f[2]]
+            }
+            printf "\nbaseline: full fine-tuning of every weight (ratio 1.00x) measured in the same run\n"
+        }'
+}
+
 failed=0
 for s in ${*:-$SECTIONS}; do
     if ! command -v "section_$s" >/dev/null 2>&1; then
@@ -70,3 +88,4 @@ for s in ${*:-$SECTIONS}; do
     "section_$s" || { echo "section $s FAILED"; failed=1; }
 done
 exit $failed
+

@@ -80,7 +80,7 @@ Backend *backend_create(Model *m, Device d, const char *who, int quiet) {
     bk->overlap = -1;
 #endif
     if (d == DEVICE_CUDA && m->lora)
-        die(EXIT_USAGE, "%s: LoRA adapters train on the CPU backend only (use --device cpu); rollouts of an adapter "
+        die(EXIT_USAGE, "LoRA adapters train on the CPU backend only (%s: use --device cpu); rollouts of an adapter "
             "run on the GPU (safe-rollout merges it at load)", who);
     if (d == DEVICE_CUDA) {
 #ifdef SAFE_CUDA

@@ -624,7 +624,7 @@ int checkpoint_load_group(const char *dir, const char *name, const StTensor *t, 
 // model_load and the tokenizer beside a model
 
 Model *model_load(const char *path) {
-    if (lora_is_adapter_dir(path) && !checkpoint_is_dir(path)) {   // a PEFT adapter: its base with it merged
+    if (lora_is_adapter_dir(path)) {   // a PEFT adapter: its base with it merged
         Model *m = lora_load_model(path);
         lora_detach(m);
         return m;
@@ -667,7 +667,7 @@ static long count_tokens(const char *path) {
     return n;
 }
 
-char *model_tokenizer_path(const char *model_path) {
+char *model_tokenizer_find(const char *model_path) {
     if (path_is_dir(model_path)) {
         static const char *const names[3] = {"tokenizer.json", "tokenizer.bin", "tokenizer.gguf"};
         for (int i = 0; i < 3; i++) {
@@ -675,13 +675,10 @@ char *model_tokenizer_path(const char *model_path) {
             if (path_exists(p)) return p;
             free(p);
         }
-        if (lora_is_adapter_dir(model_path) && !checkpoint_is_dir(model_path)) {   // an adapter without one: its base's
-            char *base = lora_base_path(model_path), *tok = model_tokenizer_path(base);
-            free(base);
-            return tok;
-        }
-        die(EXIT_BADINPUT, "%s has no tokenizer.json, tokenizer.bin or tokenizer.gguf\n"
-            "  hint: pass --tokenizer FILE (tokenizer.json, a llama2.c tokenizer.bin or a .gguf)", model_path);
+        if (!lora_is_adapter_dir(model_path)) return NULL;
+        char *base = lora_base_path(model_path), *tok = model_tokenizer_find(base);   // an adapter: its base's
+        free(base);
+        return tok;
     }
     if (gguf_is_gguf_file(model_path)) return xstrdup(model_path);   // the tokenizer is in its metadata
     // vocabulary size from the llama2.c header
@@ -719,4 +716,12 @@ char *model_tokenizer_path(const char *model_path) {
         die(EXIT_BADINPUT, "%d tokenizers with %ld tokens beside %s\n  hint: pass --tokenizer FILE to choose one", matches, vocab, model_path);
     free(dir);
     return found;
+}
+
+char *model_tokenizer_path(const char *model_path) {
+    char *p = model_tokenizer_find(model_path);
+    if (!p)
+        die(EXIT_BADINPUT, "%s has no tokenizer.json, tokenizer.bin or tokenizer.gguf\n"
+            "  hint: pass --tokenizer FILE (tokenizer.json, a llama2.c tokenizer.bin or a .gguf)", model_path);
+    return p;
 }

@@ -95,8 +95,10 @@ Model *model_load(const char *path);
 // The tokenizer that goes with a model: for a directory DIR/tokenizer.json, else
 // DIR/tokenizer.bin, else DIR/tokenizer.gguf; for a GGUF file the file itself (its metadata
 // holds the tokenizer); for a llama2.c .bin file the tok*.bin beside it whose token count
-// matches the model. malloc'd path; dies (exit 2) with a hint to pass --tokenizer when there
-// is none or several.
+// matches the model; for a PEFT adapter directory without one, its base's. malloc'd path;
+// dies (exit 2) with a hint to pass --tokenizer when there is none or several.
 char *model_tokenizer_path(const char *model_path);
+// The same, but NULL for a directory that has none (a file without one still dies).
+char *model_tokenizer_find(const char *model_path);
 
 #endif

@@ -82,13 +82,16 @@ void lora_backward(Lora *lo, int target, int layer, const float *dy, const float
 
 // ---- PEFT directories (lora_peft.c) ----
 
-// 1 when path is a directory with adapter_config.json.
+// 1 when path is a directory with adapter_config.json (exit 2 when it also has config.json:
+// ambiguous).
 int lora_is_adapter_dir(const char *path);
-// The base model path an adapter names (resolved: as written when it exists, else relative
-// to the adapter directory); dies (exit 2) when it is missing. malloc'd.
+// The base model an adapter names, as an absolute path: base_model_name_or_path as written
+// (absolute, or from the current directory as PEFT reads it) or from the adapter's directory;
+// dies (exit 2) when it is missing or the two relative readings name different files. malloc'd.
 char *lora_base_path(const char *dir);
-// Read the adapter's config (exit 2 naming the file and key on anything unsupported).
-LoraConfig lora_read_config(const char *dir);
+// Read the adapter's config for a base of n_layers layers (exit 2 naming the file and key on
+// anything this engine would compute differently from PEFT).
+LoraConfig lora_read_config(const char *dir, int n_layers);
 // Load the base model and the adapter, attach it (m->lora, base weights frozen, merged).
 Model *lora_load_model(const char *dir);
 // adapter_config.json and adapter_model.safetensors into dir (checkpoint_save calls it).

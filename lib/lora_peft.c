@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,9 @@ int lora_is_adapter_dir(const char *path) {
     char *p = path_join(path, "adapter_config.json");
     int ok = path_exists(p);
     free(p);
+    if (ok && checkpoint_is_dir(path))
+        die(EXIT_BADINPUT, "%s holds both a model (config.json) and an adapter (adapter_config.json): which one is "
+            "meant is ambiguous; keep one of them in the directory", path);
     return ok;
 }
 
@@ -40,7 +44,8 @@ static json_t *read_adapter_config(const char *dir, char **path_out) {
     return j;
 }
 
-// A key that must be absent, null, false, empty or equal to `fine` (a string), else exit 2.
+// A key that must be absent, null, false, empty or equal to `fine` (a string), else exit 2:
+// each of these would make PEFT's model a different one from what this engine computes.
 static void refuse_unless(json_t *j, const char *path, const char *key, const char *fine, const char *what) {
     json_t *v = json_object_get(j, key);
     if (!v || json_is_null(v) || json_is_false(v)) return;
@@ -51,29 +56,61 @@ static void refuse_unless(json_t *j, const char *path, const char *key, const ch
         key, what);
 }
 
-static unsigned parse_target_modules(json_t *v, const char *path) {
-    char why[256];
-    unsigned targets = 0;
-    if (json_is_string(v)) {   // "all-linear", or a single module name (PEFT reads other strings as regexes)
-        if (lora_parse_targets(json_string_value(v), &targets, why, sizeof why) != 0)
-            die(EXIT_BADINPUT, "%s: \"target_modules\" \"%s\": a regular expression is not supported; list the "
-                "modules (%s)", path, json_string_value(v), why);
-        return targets;
+// Which layers' projection t a target_modules entry names, by PEFT's rule: the module's full
+// name (model.layers.N.self_attn.q_proj) equals the entry or ends with "." + the entry. Sets
+// bit N of layers[t]; returns the number of modules matched.
+static int match_modules(const char *entry, int n_layers, uint64_t *layers) {
+    int matched = 0;
+    for (int l = 0; l < n_layers; l++)
+        for (int t = 0; t < LORA_NTARGETS; t++) {
+            char full[160];
+            snprintf(full, sizeof full, "model.layers.%d.%s.%s", l, t <= LORA_O ? "self_attn" : "mlp",
+                     lora_target_names[t]);
+            size_t nf = strlen(full), ne = strlen(entry);
+            if (!strcmp(full, entry) || (ne < nf && full[nf - ne - 1] == '.' && !strcmp(full + nf - ne, entry))) {
+                layers[t] |= 1ull << l;
+                matched++;
+            }
+        }
+    return matched;
+}
+
+// target_modules: the string "all-linear" (every projection, not the LM head) or a list of
+// module names, each matching by PEFT's rule; every adapted projection in every layer.
+static unsigned parse_target_modules(json_t *v, const char *path, int n_layers) {
+    if (json_is_string(v)) {
+        if (strcmp(json_string_value(v), "all-linear") != 0)
+            die(EXIT_BADINPUT, "%s: \"target_modules\" \"%s\": PEFT reads a string as a regular expression, which is "
+                "not supported here; list the modules (q_proj, ..., down_proj) or use \"all-linear\"", path,
+                json_string_value(v));
+        return (1u << LORA_NTARGETS) - 1;
     }
     if (!json_is_array(v) || json_array_size(v) == 0)
         die(EXIT_BADINPUT, "%s: \"target_modules\" must be a non-empty list of module names", path);
+    if (n_layers > 64) die(EXIT_BADINPUT, "%s: adapters of models with more than 64 layers are not supported", path);
+    uint64_t layers[LORA_NTARGETS] = {0};
     size_t i;
     json_t *e;
     json_array_foreach(v, i, e) {
-        unsigned t;
-        if (!json_is_string(e) || lora_parse_targets(json_string_value(e), &t, why, sizeof why) != 0)
-            die(EXIT_BADINPUT, "%s: \"target_modules\"[%zu]: %s", path, i, json_is_string(e) ? why : "not a string");
-        targets |= t;
+        if (!json_is_string(e) || match_modules(json_string_value(e), n_layers, layers) == 0)
+            die(EXIT_BADINPUT, "%s: \"target_modules\"[%zu]: %s%s%s: not a projection of this model (q_proj, k_proj, "
+                "v_proj, o_proj, gate_proj, up_proj, down_proj, or their paths model.layers.N.self_attn.q_proj ...)",
+                path, i, json_is_string(e) ? "\"" : "", json_is_string(e) ? json_string_value(e) : "not a string",
+                json_is_string(e) ? "\"" : "");
+    }
+    uint64_t all = n_layers == 64 ? ~0ull : (1ull << n_layers) - 1;
+    unsigned targets = 0;
+    for (int t = 0; t < LORA_NTARGETS; t++) {
+        if (!layers[t]) continue;
+        if (layers[t] != all)
+            die(EXIT_BADINPUT, "%s: \"target_modules\" adapts %s in some layers only: adapting only some layers is "
+                "not supported", path, lora_target_names[t]);
+        targets |= 1u << t;
     }
     return targets;
 }
 
-LoraConfig lora_read_config(const char *dir) {
+LoraConfig lora_read_config(const char *dir, int n_layers) {
     char *path;
     json_t *j = read_adapter_config(dir, &path);
     json_t *v = json_object_get(j, "peft_type");
@@ -86,6 +123,12 @@ LoraConfig lora_read_config(const char *dir) {
     refuse_unless(j, path, "layers_to_transform", NULL, "adapting only some layers");
     refuse_unless(j, path, "rank_pattern", NULL, "per-module ranks");
     refuse_unless(j, path, "alpha_pattern", NULL, "per-module alphas");
+    refuse_unless(j, path, "layers_pattern", NULL, "adapting only some layers");
+    refuse_unless(j, path, "exclude_modules", NULL, "excluding modules");
+    refuse_unless(j, path, "layer_replication", NULL, "layer replication");
+    refuse_unless(j, path, "target_parameters", NULL, "adapting parameters (not modules)");
+    refuse_unless(j, path, "trainable_token_indices", NULL, "training token embeddings");
+    refuse_unless(j, path, "lora_bias", NULL, "a bias on lora_B");
     LoraConfig c = {.alpha = 8};   // PEFT's default lora_alpha
     v = json_object_get(j, "r");
     if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 4096)
@@ -93,19 +136,23 @@ LoraConfig lora_read_config(const char *dir) {
     c.r = (int)json_integer_value(v);
     v = json_object_get(j, "lora_alpha");
     if (v && !json_is_null(v)) {
-        if (!json_is_number(v) || !(json_number_value(v) > 0))
-            die(EXIT_BADINPUT, "%s: \"lora_alpha\" must be a number > 0", path);
+        if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite((float)json_number_value(v)))
+            die(EXIT_BADINPUT, "%s: \"lora_alpha\" must be a number > 0 within float range", path);
         c.alpha = (float)json_number_value(v);
     }
     v = json_object_get(j, "use_rslora");
+    if (v && !json_is_null(v) && !json_is_boolean(v)) die(EXIT_BADINPUT, "%s: \"use_rslora\" must be true or false", path);
     c.rslora = v && json_is_true(v);
     v = json_object_get(j, "target_modules");
     if (!v) die(EXIT_BADINPUT, "%s: missing \"target_modules\"", path);
-    c.targets = parse_target_modules(v, path);
+    c.targets = parse_target_modules(v, path, n_layers);
     json_decref(j);
     free(path);
     return c;
 }
+
+// A path that exists, made absolute; NULL when it does not exist.
+static char *resolved(const char *path) { return path_exists(path) ? realpath(path, NULL) : NULL; }
 
 char *lora_base_path(const char *dir) {
     char *path;
@@ -114,16 +161,24 @@ char *lora_base_path(const char *dir) {
     if (!json_is_string(v) || !*json_string_value(v))
         die(EXIT_BADINPUT, "%s: \"base_model_name_or_path\" must name the base model (a path)", path);
     const char *name = json_string_value(v);
-    char *found = NULL;
-    if (path_exists(name)) found = xstrdup(name);
-    else if (name[0] != '/') {   // relative to the adapter directory
-        char *p = path_join(dir, name);
-        if (path_exists(p)) found = p;
-        else free(p);
+    // absolute as written; a relative name from the current directory (as PEFT reads it) or
+    // from the adapter's directory, refused when both exist and differ
+    char *found = resolved(name);
+    if (name[0] != '/') {
+        char *rel = path_join(dir, name), *beside = resolved(rel);
+        free(rel);
+        if (found && beside && strcmp(found, beside) != 0)
+            die(EXIT_BADINPUT, "%s: \"base_model_name_or_path\" \"%s\" names both %s (from the current directory) and "
+                "%s (from the adapter's): ambiguous; write the absolute path of the base", path, name, found, beside);
+        if (!found) found = beside;
+        else free(beside);
     }
     if (!found)
         die(EXIT_BADINPUT, "%s: the base model \"%s\" is not there (nor relative to %s): put the base model there, or "
             "edit base_model_name_or_path to its local path (a hub name must be downloaded first)", path, name, dir);
+    if (path_is_dir(found) && !checkpoint_is_dir(found) && !lora_is_adapter_dir(found))
+        die(EXIT_BADINPUT, "%s: \"base_model_name_or_path\" \"%s\" is a directory without config.json: not a model",
+            path, name);
     json_decref(j);
     free(path);
     return found;
@@ -195,11 +250,13 @@ static void read_tensors(Lora *lo, const char *dir) {
 Model *lora_load_model(const char *dir) {
     static int depth;   // an adapter whose base is an adapter: a few levels, never a cycle
     if (depth >= 8) die(EXIT_BADINPUT, "%s: adapters based on adapters more than 8 deep (a cycle?)", dir);
-    LoraConfig c = lora_read_config(dir);
     char *base = lora_base_path(dir);
     depth++;
     Model *m = model_load(base);
     depth--;
+    LoraConfig c = lora_read_config(dir, m->cfg.n_layers);
+    char why[256];
+    if (lora_config_check(&c, why, sizeof why) != 0) die(EXIT_BADINPUT, "%s/adapter_config.json: %s", dir, why);
     Lora *lo = lora_create(&m->cfg, &c);
     read_tensors(lo, dir);
     lo->base_path = base;

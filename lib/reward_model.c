@@ -3,6 +3,7 @@
 
 #include "jsonfile.h"   // json_load_file_lenient
 
+#include "lora.h"         // lora_is_adapter_dir: adapters are refused with a hint
 #include "checkpoint.h"   // checkpoint_load_backbone, checkpoint_read_tensor, checkpoint_tensor_shape
 #include "common.h"       // die, xmalloc, exit codes
 
@@ -12,6 +13,9 @@
 #include <string.h>
 
 RewardModel *reward_model_load(const char *dir) {
+    if (lora_is_adapter_dir(dir))
+        die(EXIT_BADINPUT, "%s is a LoRA adapter: --rm takes a full reward model (merge the adapter into it first, "
+            "e.g. with PEFT's merge_and_unload; its score head is a module this engine does not apply)", dir);
     char cp[4096];
     snprintf(cp, sizeof cp, "%s/config.json", dir);
     json_error_t err;

@@ -196,7 +196,7 @@ TEST(peft_directory_round_trip) {
     struct stat st;
     CHECK(stat(tpath("adapter/config.json"), &st) != 0 && stat(tpath("adapter/model.safetensors"), &st) != 0,
           "an adapter directory holds the base's files");
-    LoraConfig c = lora_read_config(tpath("adapter"));
+    LoraConfig c = lora_read_config(tpath("adapter"), m->cfg.n_layers);
     CHECK(c.r == 3 && c.alpha == 16.0f && !c.rslora && c.targets == m->lora->cfg.targets, "config read back: r %d alpha %g",
           c.r, c.alpha);
     Model *back = lora_load_model(tpath("adapter"));
@@ -227,16 +227,41 @@ static void write_file(const char *path, const char *text) {
 
 static void child_load(const void *dir) { model_free(model_load(dir)); }
 
+static const char *adapter_copy(const char *name, const char *config);
+
+// A copy of the adapter with config (NULL: the copy as it is, made by the caller) must not load
 static void expect_refused(const char *name, const char *config, const char *needle) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", tpath(name), tpath("adapter"), tpath(name));
-    if (system(cmd) != 0) { CHECK(0, "cannot copy the adapter"); return; }
-    char cfgpath[600];
-    snprintf(cfgpath, sizeof cfgpath, "%s/adapter_config.json", tpath(name));
-    if (config) write_file(cfgpath, config);
+    if (config && !adapter_copy(name, config)) { CHECK(0, "cannot copy the adapter"); return; }
     char err[2048];
     int status = test_run_child((void (*)(const void *))child_load, tpath(name), err, sizeof err);
     CHECK(status == 2 && strstr(err, needle), "%s: status %d, message: %s", name, status, err);
+}
+
+// Copy the adapter to `name` with config (NULL: as it is); the copy's path.
+static const char *adapter_copy(const char *name, const char *config) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", tpath(name), tpath("adapter"), tpath(name));
+    if (system(cmd) != 0) return NULL;
+    char cfgpath[600];
+    snprintf(cfgpath, sizeof cfgpath, "%s/adapter_config.json", tpath(name));
+    if (config) write_file(cfgpath, config);
+    return tpath(name);
+}
+
+// PEFT's module matching: names, dotted suffixes and full paths of every layer are accepted
+TEST(target_module_paths_accepted) {
+    char cfg[2000];
+    snprintf(cfg, sizeof cfg, "{\"peft_type\": \"LORA\", \"r\": 3, \"lora_alpha\": 16, \"base_model_name_or_path\": "
+             "\"%s\", \"target_modules\": [\"model.layers.0.self_attn.k_proj\", \"model.layers.1.self_attn.k_proj\", "
+             "\"self_attn.v_proj\", \"mlp.gate_proj\", \"up_proj\"], \"use_rslora\": false}", tpath("base"));
+    const char *dir = adapter_copy("paths", cfg);
+    LoraConfig c = lora_read_config(dir, 2);
+    CHECK(c.targets == (1u << LORA_K | 1u << LORA_V | 1u << LORA_GATE | 1u << LORA_UP), "targets %s",
+          lora_targets_string(c.targets));
+    Model *a = model_load(dir), *b = model_load(tpath("adapter"));
+    CHECK(!memcmp(a->params, b->params, a->n_params * sizeof(float)), "the same adapter named by paths differs");
+    model_free(a);
+    model_free(b);
 }
 
 TEST(bad_adapters_refused) {
@@ -253,7 +278,7 @@ TEST(bad_adapters_refused) {
     snprintf(cfg, sizeof cfg, fmt, "/nonexistent/base", "");
     expect_refused("nobase", cfg, "is not there");
     snprintf(cfg, sizeof cfg, "{\"r\": 3, \"base_model_name_or_path\": \"%s\", \"target_modules\": \".*proj\"}", base);
-    expect_refused("regex", cfg, "a regular expression is not supported");
+    expect_refused("regex", cfg, "a regular expression, which is not supported");
     // the config lists a module whose tensors the file lacks
     snprintf(cfg, sizeof cfg, "{\"r\": 3, \"lora_alpha\": 16, \"base_model_name_or_path\": \"%s\", "
              "\"target_modules\": [\"k_proj\", \"v_proj\", \"gate_proj\", \"up_proj\", \"q_proj\"]}", base);
@@ -262,6 +287,27 @@ TEST(bad_adapters_refused) {
     snprintf(cfg, sizeof cfg, "{\"r\": 3, \"lora_alpha\": 16, \"base_model_name_or_path\": \"%s\", "
              "\"target_modules\": [\"k_proj\", \"v_proj\", \"gate_proj\"]}", base);
     expect_refused("extra_tensor", cfg, "is not one this engine applies");
+    const char *fmt2 = "{\"r\": 3, \"lora_alpha\": %s, \"base_model_name_or_path\": \"%s\", \"target_modules\": %s%s}";
+    const char *four = "[\"k_proj\", \"v_proj\", \"gate_proj\", \"up_proj\"]";
+    snprintf(cfg, sizeof cfg, fmt2, "16", base, "[\"model.layers.0.self_attn.k_proj\", \"v_proj\", \"gate_proj\", \"up_proj\"]", "");
+    expect_refused("some_layers", cfg, "adapts k_proj in some layers only");
+    snprintf(cfg, sizeof cfg, fmt2, "16", base, "[\"k\", \"v\", \"gate\", \"up\"]", "");
+    expect_refused("short_names", cfg, "\"k\": not a projection of this model");
+    snprintf(cfg, sizeof cfg, fmt2, "16", base, "\"k_proj\"", "");
+    expect_refused("one_name_string", cfg, "a regular expression");
+    snprintf(cfg, sizeof cfg, fmt2, "16", base, four, ", \"use_rslora\": \"true\"");
+    expect_refused("rslora_string", cfg, "\"use_rslora\" must be true or false");
+    snprintf(cfg, sizeof cfg, fmt2, "16", base, four, ", \"exclude_modules\": [\"model.layers.0.self_attn.k_proj\"]");
+    expect_refused("exclude_modules", cfg, "\"exclude_modules\" is set");
+    snprintf(cfg, sizeof cfg, fmt2, "16", base, four, ", \"layer_replication\": [[0, 1]]");
+    expect_refused("layer_replication", cfg, "\"layer_replication\" is set");
+    snprintf(cfg, sizeof cfg, fmt2, "1e39", base, four, "");
+    expect_refused("alpha_overflows", cfg, "\"lora_alpha\" must be a number > 0 within float range");
+    // an adapter beside a model's config.json: ambiguous
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cp %s/config.json %s/", tpath("base"), adapter_copy("both", NULL));
+    CHECK(system(cmd) == 0, "copy");
+    expect_refused("both", NULL, "which one is meant is ambiguous");
     snprintf(cfg, sizeof cfg, "{\"r\": 2, \"lora_alpha\": 16, \"base_model_name_or_path\": \"%s\", "
              "\"target_modules\": [\"k_proj\", \"v_proj\", \"gate_proj\", \"up_proj\"]}", base);
     expect_refused("wrong_rank", cfg, "lora_A.weight");
@@ -289,6 +335,7 @@ int main(void) {
     RUN(new_adapter_is_the_base);
     RUN(gradient_is_sum_of_sequences);
     RUN(peft_directory_round_trip);
+    RUN(target_module_paths_accepted);
     RUN(bad_adapters_refused);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

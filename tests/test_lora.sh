@@ -56,6 +56,39 @@ expect_status lora_bad_target_refused 1 safe-update --policy "$MODEL" $UPD --lor
 expect_status lora_bad_rank_refused 1 safe-update --policy "$MODEL" $UPD --lora-r 0 -o "$TMP/bad"
 check lora_refusals_no_output test ! -e "$TMP/bad"
 
+# ---- a new adapter on a trained full checkpoint: zero moments, not the checkpoint's ----
+safe-update --policy "$MODEL" $UPD --lr 1e-3 -o "$TMP/full1" --stats /dev/null
+safe-update --policy "$TMP/full1" $UPD --lr 1e-3 --lora-r 2 -o "$TMP/onfull" --stats /dev/null
+check lora_new_adapter_on_trained_checkpoint test "$(jq .step "$TMP/onfull/trainer_state.json")" = 2
+check lora_new_adapter_names_checkpoint test "$(jq -r .base_model_name_or_path "$TMP/onfull/adapter_config.json")" = "$(realpath "$TMP/full1")"
+# the output may not be the base: that would replace the model the adapter needs
+expect_status lora_output_is_base_refused 1 safe-update --policy "$TMP/full1" $UPD --lora-r 2 -o "$TMP/full1" --stats /dev/null
+check lora_output_is_base_message grep -q "is the adapter's base model" "$TMP/err"
+expect_status lora_output_is_base_of_continued_refused 1 safe-update --policy "$TMP/onfull" $UPD -o "$TMP/full1" --stats /dev/null
+check lora_output_is_base_kept test -f "$TMP/full1/model.safetensors" -a ! -e "$TMP/full1/adapter_config.json"
+# a relative base (as PEFT may write it) is read beside the adapter and saved as absolute
+mkdir -p "$TMP/rel/base" "$TMP/rel/sub"
+cp "$MODEL" "$DATA/stories260K/tok512.bin" "$TMP/rel/base/"
+cp -r "$TMP/lora0" "$TMP/rel/a"
+jq '.base_model_name_or_path = "../base/stories260K.bin"' "$TMP/lora0/adapter_config.json" > "$TMP/rel/a/adapter_config.json"
+(cd / && safe-update --policy "$TMP/rel/a" $UPD --lr 1e-3 -o "$TMP/rel/sub/b" --stats /dev/null)
+check lora_relative_base_saved_absolute test "$(jq -r .base_model_name_or_path "$TMP/rel/sub/b/adapter_config.json")" = \
+    "$(realpath "$TMP/rel/base/stories260K.bin")"
+expect_status lora_device_cuda_refused 1 safe-update --policy "$MODEL" $UPD --lora-r 2 --device cuda -o "$TMP/bad"
+# where a GPU is visible the automatic device would be cuda: the adapter trains on the CPU
+# with a note (a stand-in cudaGetDeviceCount reports one GPU; not under the sanitizers, whose
+# runtime must come first in the process)
+if safe-update --version | grep -q "devices: cpu cuda" && [ "${SAFE_BUILD%/asan}" = "$SAFE_BUILD" ] &&
+    printf 'int cudaGetDeviceCount(int *n) { *n = 1; return 0; }\n' > "$TMP/fakegpu.c" &&
+    cc -shared -fPIC -o "$TMP/fakegpu.so" "$TMP/fakegpu.c" 2>/dev/null; then
+    expect_status lora_auto_device_with_gpu_trains_on_cpu 0 env -u SAFE_DEVICE LD_PRELOAD="$TMP/fakegpu.so" \
+        safe-update --policy "$MODEL" --control "$TMP/control0.safe" -i "$TMP/adv0.safe" --lora-r 2 -o "$TMP/autodev" \
+        --stats /dev/null
+    check lora_auto_device_note grep -q "the LoRA adapter trains on the CPU" "$TMP/err"
+else
+    echo "SKIP lora_auto_device: no CUDA build, a sanitizer build, or no cc"
+fi
+
 # ---- safe-convert merges an adapter into a full checkpoint; generation agrees ----
 safe-convert "$TMP/lora1" "$TMP/merged" >/dev/null 2>&1
 check lora_convert_merges test -f "$TMP/merged/model.safetensors" -a -f "$TMP/merged/config.json"

@@ -23,8 +23,9 @@ static void usage(FILE *f) {
     fprintf(f,
         "usage: safe-convert [options] MODEL OUTDIR\n"
         "\n"
-        "Convert MODEL (a llama2.c .bin, a .gguf file, or a Hugging Face / safe checkpoint\n"
-        "directory) into the Hugging Face directory OUTDIR: config.json, model.safetensors (F32)\n"
+        "Convert MODEL (a llama2.c .bin, a .gguf file, a Hugging Face / safe checkpoint directory,\n"
+        "or a PEFT LoRA adapter directory: its base with the adapter merged) into the Hugging\n"
+        "Face directory OUTDIR: config.json, model.safetensors (F32)\n"
         "and the tokenizer files, loadable by transformers and by every safe tool.\n"
         "\n"
         "  --tokenizer FILE   tokenizer to put beside the weights (default: the model's own:\n"
@@ -36,21 +37,13 @@ static void usage(FILE *f) {
         "Exit status: 0 ok, 1 usage, 2 bad input, 3 I/O failure. See safe-convert(1).\n");
 }
 
-// The model's own tokenizer, or NULL (with a warning) for a directory that has none.
+// The model's own tokenizer (an adapter's base's when it has none), or NULL with a warning.
 static char *find_tokenizer(const char *in) {
-    struct stat sb;
-    if (stat(in, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        static const char *const names[3] = {"tokenizer.json", "tokenizer.bin", "tokenizer.gguf"};
-        char p[4096];
-        for (int i = 0; i < 3; i++) {
-            snprintf(p, sizeof p, "%s/%s", in, names[i]);
-            if (stat(p, &sb) == 0) return xstrdup(p);
-        }
+    char *p = model_tokenizer_find(in);
+    if (!p)
         warn("%s has no tokenizer.json, tokenizer.bin or tokenizer.gguf: converting the weights only "
              "(--tokenizer FILE adds one)", in);
-        return NULL;
-    }
-    return model_tokenizer_path(in);
+    return p;
 }
 
 int main(int argc, char **argv) {

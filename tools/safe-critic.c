@@ -61,7 +61,7 @@ static void usage(FILE *f) {
         "\n"
         "  --critic DIR           the critic checkpoint of the previous iteration\n"
         "  --init-from MODEL      first iteration: a new critic whose backbone is MODEL\n"
-        "                         (checkpoint directory, .gguf or llama2.c .bin) and fresh heads\n"
+        "                         (checkpoint or adapter directory, .gguf, .bin) and fresh heads\n"
         "  --control FILE         control state from safe-pid (the PPO baseline reads beta)\n"
         "  -i, --input FILE       scored records ('-' = stdin, default)\n"
         "  -o, --output FILE      advantaged records ('-' = stdout, default)\n"

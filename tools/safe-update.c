@@ -57,11 +57,12 @@ static void usage(FILE *f) {
         "\n"
         "Take the SAFE (or PPO) policy step on a batch of advantaged records.\n"
         "\n"
-        "  --policy PATH          current policy: checkpoint directory, .gguf or llama2.c .bin\n"
+        "  --policy PATH          current policy: checkpoint directory, PEFT adapter directory\n"
+        "                         (its adapter goes on training), .gguf or llama2.c .bin\n"
         "  --control FILE         control state from safe-pid (tau, k_short, k_long, beta);\n"
         "                         absent: the initial state (tau 0.45)\n"
         "  -i, --input FILE       advantaged records from safe-critic ('-' = stdin, default)\n"
-        "  -o, --output DIR       next policy checkpoint directory (required)\n"
+        "  -o, --output DIR       next policy checkpoint (or, with an adapter, adapter) directory\n"
         "  --stats FILE           stats shard ('-' = stdout, default)\n"
         "  --algo safe|ppo        SAFE (default) or the PPO baseline (no EPC, no entropy bonus)\n"
         "  --epochs N             passes over the batch (2)\n"
@@ -480,7 +481,7 @@ static void write_stats(ShardWriter *w, const Options *o, const RecStore *s, con
 // The policy to train: a checkpoint as it is (every weight trains), with a new adapter
 // (--lora-r: the base frozen), or an adapter directory whose adapter goes on training.
 static Model *load_policy(const Options *o) {
-    if (lora_is_adapter_dir(o->policy) && !checkpoint_is_dir(o->policy)) {
+    if (lora_is_adapter_dir(o->policy)) {
         Model *m = lora_load_model(o->policy);
         const LoraConfig *c = &m->lora->cfg;
         // the pipeline passes the same --lora-* every iteration: they must describe this adapter
@@ -500,6 +501,37 @@ static Model *load_policy(const Options *o) {
         lora_attach(m, lo);
     }
     return m;
+}
+
+// Stop (exit 1) when the output directory is the adapter's base, or a base further down its
+// chain of adapters: saving there would replace the model the adapter needs.
+static void output_not_a_base(const char *output, const char *base_path) {
+    char *out = path_exists(output) ? realpath(output, NULL) : NULL;
+    char *p = out ? xstrdup(base_path) : NULL;
+    for (int depth = 0; p && depth < 8; depth++) {
+        char *rp = realpath(p, NULL);
+        if (rp && !strcmp(rp, out))
+            die(EXIT_USAGE, "-o %s is the adapter's base model %s: saving there would replace it; choose another output "
+                "directory", output, base_path);
+        free(rp);
+        char *next = lora_is_adapter_dir(p) ? lora_base_path(p) : NULL;
+        free(p);
+        p = next;
+    }
+    free(p);
+    free(out);
+}
+
+// Where the step runs: --device, or for an adapter the CPU (LoRA does not train on the CUDA
+// backend yet: asked for explicitly, that is an error; chosen automatically, a note).
+static Device update_device(const Options *o, const Model *m) {
+    if (!m->lora) return device_select(o->device);
+    if (o->device && !strcmp(o->device, "cuda"))
+        die(EXIT_USAGE, "--device cuda: LoRA adapters train on the CPU backend only (use --device cpu or leave "
+            "--device out); rollouts of an adapter do run on the GPU (safe-rollout merges it at load)");
+    if (device_select(o->device) == DEVICE_CUDA && !o->quiet)
+        fprintf(stderr, "safe-update: the LoRA adapter trains on the CPU (the CUDA backend does not train adapters yet)\n");
+    return DEVICE_CPU;
 }
 
 static void save_policy(const Options *o, const Model *m, const AdamW *opt, long iteration) {
@@ -551,10 +583,11 @@ int main(int argc, char **argv) {
     AdamWConfig ac = {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.adam_eps,
                       .weight_decay = o.weight_decay};
     AdamW *opt = adamw_create(model_trainable(m).n, ac);
-    Backend *bk = backend_create(m, device_select(o.device), "safe-update", o.quiet);
+    if (m->lora) output_not_a_base(o.output, m->lora->base_path);
+    Backend *bk = backend_create(m, update_device(&o, m), "safe-update", o.quiet);
     // the moments of what trains: a checkpoint's for its weights, an adapter's for the adapter
     // (a new adapter on a trained checkpoint starts from zero moments)
-    int resumes = m->lora ? lora_is_adapter_dir(o.policy) && !checkpoint_is_dir(o.policy) : checkpoint_is_dir(o.policy);
+    int resumes = m->lora ? lora_is_adapter_dir(o.policy) : checkpoint_is_dir(o.policy);
     if (resumes) {
         if (!checkpoint_load_optimizer(o.policy, opt) && checkpoint_was_trained(o.policy))
             warn("%s has no optimizer.safetensors (pruned: KEEP_OPT in pipelines/safe.mk?): AdamW starts from "

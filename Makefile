@@ -199,8 +199,8 @@ deps:
 #   leave WARMUP); 48 new tokens instead of 128 (the model's stories are short).
 DEMO_ITERS ?= 20
 ALGO       ?= safe
-# LORA=R: train a LoRA adapter of rank R (alpha 2R, every projection) on the frozen model
-# instead of every weight, at lr $(DEMO_LORA_LR), into demo/<algo>-loraR/
+# LORA=R: train LoRA adapters of rank R (alpha 2R, every projection) on the frozen policy and
+# critic backbone instead of every weight, at lr $(DEMO_LORA_LR), into demo/<algo>-loraR/
 LORA       ?=
 ifneq ($(LORA),)
   ifeq ($(shell case '$(LORA)' in ('' | *[!0-9]* | 0*) ;; (*) echo ok ;; esac),)
@@ -210,6 +210,7 @@ ifneq ($(LORA),)
 endif
 DEMO_LORA_LR ?= 5e-4
 DEMO_UPDATE  = $(if $(LORA),--lr $(DEMO_LORA_LR) --lora-r $(LORA) --lora-alpha $(shell echo $$(( 2 * $(LORA) ))) --lora-targets all,--lr 1e-4)
+DEMO_CRITIC  = $(if $(LORA),$(DEMO_UPDATE),--lr 1e-4)
 # RANKS=N: the critic and the update of every iteration run as N MPI ranks on this machine
 # (data parallel, nproc/N OpenMP threads each) into demo/<algo>-ranksN/. Open MPI refuses to
 # start as root unless told so: the two variables are set only when running as root.
@@ -227,7 +228,7 @@ DEMO_DIR   ?= demo/$(ALGO)
 DEMO_MODEL ?= ../shared/data/stories260K/stories260K.bin
 DEMO_FLAGS ?= RUN=$(DEMO_DIR) ITERS=$(DEMO_ITERS) ALGO=$(ALGO) SAFE_BIN=$(BIN) MODEL=$(DEMO_MODEL) \
               BATCH=16 SAMPLES=4 MAX_NEW=48 SEED=1 \
-              UPDATE_OPTS="$(DEMO_UPDATE)" CRITIC_OPTS="--lr 1e-4" PID_OPTS="--window 10" \
+              UPDATE_OPTS="$(DEMO_UPDATE)" CRITIC_OPTS="$(DEMO_CRITIC)" PID_OPTS="--window 10" \
               $(if $(DEMO_LAUNCH_DP),LAUNCH_DP="$(strip $(DEMO_LAUNCH_DP))") $(if $(DEVICE),DEVICE=$(DEVICE))
 DEMO_PROMPT = Once upon a time, there was a little girl named Lucy.
 # DEVICE=cpu|cuda: where the demo's models run (empty: each tool's default); safe-generate gets

@@ -70,6 +70,16 @@ Device device_select(const char *opt) {
     return DEVICE_CUDA;
 }
 
+Device backend_train_device(const char *opt, const Model *m, const char *who, int quiet) {
+    if (!m->lora) return device_select(opt);
+    if (opt && !strcmp(opt, "cuda"))
+        die(EXIT_USAGE, "--device cuda: LoRA adapters train on the CPU backend only (use --device cpu or leave "
+            "--device out); rollouts of an adapter do run on the GPU (safe-rollout merges it at load)");
+    if (device_select(opt) == DEVICE_CUDA && !quiet)
+        fprintf(stderr, "%s: the LoRA adapter trains on the CPU (the CUDA backend does not train adapters yet)\n", who);
+    return DEVICE_CPU;
+}
+
 Backend *backend_create(Model *m, Device d, const char *who, int quiet) {
     Backend *bk = xcalloc(1, sizeof(Backend));
     bk->dev = d;

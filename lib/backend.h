@@ -52,6 +52,11 @@ int device_cuda_available(void);   // built and a GPU visible
 
 typedef struct Backend Backend;
 
+// The device of a training tool: device_select(opt), except that a model with a LoRA adapter
+// trains on the CPU (not on the CUDA backend yet): an explicit --device cuda exits 1, an
+// automatic choice of the GPU falls back to the CPU with a note on stderr unless quiet.
+Device backend_train_device(const char *opt, const Model *m, const char *who, int quiet);
+
 // Wrap m (which stays the caller's) on device d; cuda uploads its parameters and, unless
 // quiet, prints the memory plan. who names the tool in messages.
 Backend *backend_create(Model *m, Device d, const char *who, int quiet);

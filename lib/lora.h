@@ -80,6 +80,42 @@ void lora_round_grads(Lora *lo);   // grads = (float)grad_sum
 void lora_backward(Lora *lo, int target, int layer, const float *dy, const float *x, const float *xT, int N,
                    const int *seg_start, const int *seg_len, int nseg);
 
+// ---- the training tools' options (lora_train.c) ----
+
+// --lora-r R, --lora-alpha A, --lora-targets LIST of safe-update and safe-critic.
+typedef struct {
+    LoraConfig cfg;                   // cfg.r 0: no adapter asked for
+    int alpha_set, targets_set;
+} LoraOptions;
+
+#define LORA_USAGE                                                                                  \
+    "  --lora-r R             train a LoRA adapter of rank R on the frozen model instead of\n"       \
+    "                         every weight; the output is a PEFT adapter directory. A model\n"      \
+    "                         that is an adapter directory goes on training that adapter\n"          \
+    "  --lora-alpha A         LoRA scale alpha (8: PEFT's default; the update is alpha/R B A)\n"     \
+    "  --lora-targets LIST    adapted projections: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,\n" \
+    "                         down_proj (or q,k,v,o,gate,up,down, or all; default q_proj,v_proj)\n"
+
+LoraOptions lora_options_default(void);   // no adapter; alpha 8 and q_proj,v_proj as PEFT's
+// One option: name "lora-r", "lora-alpha" or "lora-targets" with its argument (exit 1 on a
+// bad value).
+void lora_option(LoraOptions *lo, const char *name, const char *arg);
+void lora_options_check(const LoraOptions *lo);   // --lora-alpha/--lora-targets need --lora-r
+
+// The model a training tool trains, from path: an adapter directory (its adapter goes on
+// training; options given must describe it, else exit 1), a model with a new adapter
+// (lo->cfg.r > 0; A from seed, the base named by its absolute path), or the model as it is.
+Model *lora_load_trainable(const char *path, const LoraOptions *lo, uint64_t seed);
+// The model at path as it is (an adapter directory merged), with a new adapter when
+// lo->cfg.r > 0: a new critic's backbone (safe-critic --init-from).
+Model *lora_load_new(const char *path, const LoraOptions *lo, uint64_t seed);
+// 1 when the AdamW moments saved in path belong to what m trains (an adapter's for its
+// adapter, a checkpoint's for its weights; a new adapter on a checkpoint starts from zero).
+int lora_resumes_optimizer(const char *path, const Model *m);
+// Stop (exit 1) when the output directory is m's adapter's base, or a base further down its
+// chain of adapters: saving there would replace the model the adapter needs.
+void lora_check_output(const char *output, const Model *m);
+
 // ---- PEFT directories (lora_peft.c) ----
 
 // 1 when path is a directory with adapter_config.json (exit 2 when it also has config.json:

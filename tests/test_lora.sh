@@ -10,13 +10,13 @@ stat_of() { safe-cat "$1" | jq -r ".$2"; }
 
 # the batch: 4 prompts x 2 samples, 16 tokens
 safe-pid --init --quiet -o "$TMP/control0.safe"
-batch() {   # batch POLICY OUT: rollout, score and critic of POLICY's completions
+batch() {   # batch POLICY K: rollout, score (scoredK.safe) and critic (advK.safe) of POLICY's completions
     safe-rollout --policy "$1" --ref "$MODEL" --prompts "$PROMPTS" --num-prompts 4 --samples-per-prompt 2 \
         --max-new-tokens 16 --seed 5 --quiet |
-      safe-score --vader --quiet |
-      safe-critic --init-from "$MODEL" --quiet --out-critic "$TMP/critic" -o "$2"
+      safe-score --vader --quiet -o "$TMP/scored$2.safe"
+    safe-critic --init-from "$MODEL" --quiet --out-critic "$TMP/critic" -i "$TMP/scored$2.safe" -o "$TMP/adv$2.safe"
 }
-batch "$MODEL" "$TMP/adv0.safe"
+batch "$MODEL" 0
 UPD="--control $TMP/control0.safe --quiet -i $TMP/adv0.safe"
 
 # ---- a new adapter: B = 0, so lr 0 is the base exactly ----
@@ -36,7 +36,7 @@ check lora_adapter_is_small test "$(stat -c %s "$TMP/lora0/adapter_model.safeten
 safe-update --policy "$MODEL" $UPD --lr 3e-2 --lora-r 4 --lora-alpha 16 --lora-targets all -o "$TMP/lora1" \
     --stats "$TMP/lora1.safe"
 check lora_step_took test "$(stat_of "$TMP/lora1.safe" grad_norm | jq '. > 0')" = true
-batch "$TMP/lora1" "$TMP/adv1.safe"
+batch "$TMP/lora1" 1
 check lora_rollout_of_adapter_differs test "$(safe-cat "$TMP/adv1.safe" | jq -s '[.[].logp] | add | add')" != \
     "$(safe-cat "$TMP/adv0.safe" | jq -s '[.[].logp] | add | add')"
 # going on from the adapter: its merged weights are the rollout's, so lr 0 gives ratio 1
@@ -113,9 +113,35 @@ else
     echo "SKIP lora_dp: no mpirun or no MPI in this build"
 fi
 
+# ---- the critic's backbone with an adapter: new, then going on; 2 ranks = 1 rank ----
+CR="--control $TMP/control0.safe --quiet --lr 1e-2 -i $TMP/scored0.safe"
+safe-critic --init-from "$MODEL" $CR --lora-r 4 --lora-targets all -o "$TMP/cadv0.safe" --out-critic "$TMP/clora0"
+check lora_critic_is_adapter test -f "$TMP/clora0/adapter_model.safetensors" -a -f "$TMP/clora0/value_head.safetensors" \
+    -a ! -e "$TMP/clora0/model.safetensors"
+safe-critic --critic "$TMP/clora0" $CR --lora-r 4 --lora-targets all -o "$TMP/cadv1.safe" --out-critic "$TMP/clora1"
+check lora_critic_continues test "$(jq .step "$TMP/clora1/trainer_state.json")" = 4 -a \
+    "$(jq -r .base_model_name_or_path "$TMP/clora1/adapter_config.json")" = "$(realpath "$MODEL")"
+check lora_critic_values_move test "$(safe-cat "$TMP/cadv0.safe" | md5sum)" != "$(safe-cat "$TMP/cadv1.safe" | md5sum)"
+expect_status lora_critic_other_rank_refused 1 safe-critic --critic "$TMP/clora0" $CR --lora-r 8 -o "$TMP/bad.safe" \
+    --out-critic "$TMP/bad"
+# a new adapter on a full critic: zero moments for it and the heads
+safe-critic --critic "$TMP/critic" $CR --lora-r 2 -o "$TMP/cadv2.safe" --out-critic "$TMP/clora2"
+check lora_critic_new_adapter_on_full_critic test "$(jq .step "$TMP/clora2/trainer_state.json")" = 2
+if command -v mpirun >/dev/null 2>&1 && safe-critic --version | grep -q MPI; then
+    CDP="$CR --lora-r 2 --lora-targets q,o,down --minibatches 2"
+    OMP_NUM_THREADS=1 safe-critic --init-from "$MODEL" $CDP -o "$TMP/cdp1.safe" --out-critic "$TMP/cdp1"
+    OMP_NUM_THREADS=1 ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 timeout 120 \
+        mpirun --oversubscribe --bind-to none -np 2 safe-critic --init-from "$MODEL" $CDP -o "$TMP/cdp2.safe" --out-critic "$TMP/cdp2"
+    for f in adapter_model.safetensors optimizer.safetensors value_head.safetensors; do
+        check "lora_critic_dp_2_ranks_same_$f" cmp -s "$TMP/cdp1/$f" "$TMP/cdp2/$f"
+    done
+    check lora_critic_dp_2_ranks_same_records test "$(safe-cat "$TMP/cdp1.safe" | md5sum)" = "$(safe-cat "$TMP/cdp2.safe" | md5sum)"
+fi
+
 # ---- the make pipeline with an adapter: iteration 1 rolls out iteration 0's adapter ----
 cd "$(dirname "$0")/.."
 make -s --no-print-directory -f pipelines/safe.mk DATA="$DATA" RUN="$TMP/run" ITERS=2 BATCH=4 SAMPLES=2 \
-    MAX_NEW=12 UPDATE_OPTS="--lora-r 4 --lr 1e-2" >"$TMP/make.log" 2>&1
-check lora_pipeline_runs test -f "$TMP/run/0001/policy/adapter_model.safetensors"
+    MAX_NEW=12 UPDATE_OPTS="--lora-r 4 --lr 1e-2" CRITIC_OPTS="--lora-r 4 --lr 1e-3" >"$TMP/make.log" 2>&1
+check lora_pipeline_runs test -f "$TMP/run/0001/policy/adapter_model.safetensors" -a \
+    -f "$TMP/run/0001/critic/adapter_model.safetensors"
 check lora_pipeline_stats test "$(safe-cat "$TMP/run/0001/stats.safe" | jq .iteration)" = 1 || cat "$TMP/make.log"

@@ -31,6 +31,7 @@
 #include "comm.h"        // ranks, slices, all-gather of values, all-reduce of gradients
 #include "cli.h"         // opt_float, opt_int, opt_u64
 #include "common.h"      // die, xmalloc, exit codes
+#include "lora.h"        // LoRA adapters on the critic backbone: --lora-r
 #include "losses.h"      // value_loss_safe_*, value_loss_ppo_*
 #include "progress.h"    // progress on stderr
 #include "recstore.h"    // the whole batch in memory
@@ -49,6 +50,7 @@ typedef struct {
     unsigned long long seed;
     int level, quiet, no_whiten;
     double comm_timeout;   // seconds a collective waits (0: $SAFE_COMM_TIMEOUT or 300)
+    LoraOptions lora;      // --lora-*: an adapter on the backbone (cfg.r 0: every weight trains)
 } Options;
 
 static void usage(FILE *f) {
@@ -80,7 +82,8 @@ static void usage(FILE *f) {
         "  --epochs N             (2)    --minibatches N   must divide the batch (1)\n"
         "  --head-hidden N        width of each head's hidden layer (dim/4)\n"
         "  --no-whiten            leave advantages unwhitened\n"
-        "  --seed N               head initialisation and minibatch shuffling seed (0)\n"
+        "  --seed N               head (and new adapter) initialisation, minibatch shuffling (0)\n"
+        LORA_USAGE
         "  --level N              zstd level of the output (3; 0 = raw)\n"
         "  -q, --quiet                no progress on stderr\n"
         "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
@@ -93,7 +96,7 @@ static void usage(FILE *f) {
 static void parse_args(int argc, char **argv, Options *o) {
     enum { O_CRITIC = 256, O_INIT, O_CONTROL, O_OUTCRITIC, O_ALGO, O_ADV, O_GAMMA, O_LAMBDA, O_ALPHA,
            O_VFCLIP, O_HUBER, O_BETA, O_LR, O_WD, O_GCLIP, O_EPOCHS, O_MB, O_HH, O_NOWHITEN, O_SEED,
-           O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION, O_DEVICE };
+           O_LEVEL, O_QUIET, O_COMMTO, O_HELP, O_VERSION, O_DEVICE, O_LORA_R, O_LORA_ALPHA, O_LORA_TARGETS };
     static const struct option longs[] = {
         {"critic", 1, 0, O_CRITIC}, {"init-from", 1, 0, O_INIT}, {"control", 1, 0, O_CONTROL},
         {"input", 1, 0, 'i'}, {"output", 1, 0, 'o'}, {"out-critic", 1, 0, O_OUTCRITIC},
@@ -104,11 +107,12 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"minibatches", 1, 0, O_MB}, {"head-hidden", 1, 0, O_HH}, {"no-whiten", 0, 0, O_NOWHITEN},
         {"seed", 1, 0, O_SEED}, {"level", 1, 0, O_LEVEL}, {"quiet", 0, 0, O_QUIET},
         {"comm-timeout", 1, 0, O_COMMTO}, {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION},
-        {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
+        {"device", 1, 0, O_DEVICE}, {"lora-r", 1, 0, O_LORA_R}, {"lora-alpha", 1, 0, O_LORA_ALPHA},
+        {"lora-targets", 1, 0, O_LORA_TARGETS}, {0, 0, 0, 0}};
     *o = (Options){.input = "-", .output = "-", .algo = "safe", .adv_mode = "token", .gamma = 1.0f,
                    .lambda = 0.95f, .alpha = 0.3f, .vf_clip = 0.2f, .huber_delta = 0.5f,
                    .lr = 1e-5f, .weight_decay = 0.01f, .grad_clip = 0.5f, .beta = 0.05f,
-                   .epochs = 2, .minibatches = 1, .level = 3};
+                   .epochs = 2, .minibatches = 1, .level = 3, .lora = lora_options_default()};
     int c;
     while ((c = getopt_long(argc, argv, "i:o:q", longs, NULL)) != -1) {
         switch (c) {
@@ -139,6 +143,9 @@ static void parse_args(int argc, char **argv, Options *o) {
         case 'q': o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_DEVICE: o->device = optarg; break;
+        case O_LORA_R: lora_option(&o->lora, "lora-r", optarg); break;
+        case O_LORA_ALPHA: lora_option(&o->lora, "lora-alpha", optarg); break;
+        case O_LORA_TARGETS: lora_option(&o->lora, "lora-targets", optarg); break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
         case O_VERSION: safe_print_version("safe-critic"); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
@@ -146,6 +153,7 @@ static void parse_args(int argc, char **argv, Options *o) {
     }
     if (optind < argc) die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!o->critic == !o->init_from) die(EXIT_USAGE, "give exactly one of --critic DIR and --init-from MODEL");
+    lora_options_check(&o->lora);
     if (!o->out_critic) die(EXIT_USAGE, "--out-critic DIR is required (the next iteration's critic)");
     if (strcmp(o->algo, "safe") && strcmp(o->algo, "ppo")) die(EXIT_USAGE, "--algo must be safe or ppo, got '%s'", o->algo);
     if (strcmp(o->adv_mode, "token") && strcmp(o->adv_mode, "seq")) die(EXIT_USAGE, "--adv must be token or seq, got '%s'", o->adv_mode);
@@ -191,13 +199,13 @@ static Critic *critic_load(const Options *o) {
     AdamWConfig ac = {.lr = o->lr, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = o->weight_decay};
     rewardnorm_init(&c->norm);
     if (o->init_from) {
-        c->backbone = model_load(o->init_from);
+        c->backbone = lora_load_new(o->init_from, &o->lora, o->seed);
         c->head = valuehead_create(c->backbone->cfg.dim, o->head_hidden, n_heads_for(o), o->seed);
-        c->opt_backbone = adamw_create(c->backbone->n_params, ac);
+        c->opt_backbone = adamw_create(model_trainable(c->backbone).n, ac);
         c->opt_head = adamw_create(c->head->n_params, ac);
         return c;
     }
-    c->backbone = model_load(o->critic);
+    c->backbone = lora_load_trainable(o->critic, &o->lora, o->seed);
     json_t *st = checkpoint_load_trainer_state(o->critic);
     if (!st) die(EXIT_BADINPUT, "%s: no trainer_state.json: not a critic checkpoint (make one with --init-from)", o->critic);
     json_t *heads = json_object_get(st, "value_heads"), *hidden = json_object_get(st, "value_head_hidden");
@@ -218,8 +226,13 @@ static Critic *critic_load(const Options *o) {
     head_tensors(c->head, 0, t, &n);
     if (!checkpoint_load_group(o->critic, "value_head", t, n))
         die(EXIT_BADINPUT, "%s: value_head.safetensors is missing", o->critic);
-    c->opt_backbone = adamw_create(c->backbone->n_params, ac);
+    c->opt_backbone = adamw_create(model_trainable(c->backbone).n, ac);
     c->opt_head = adamw_create(c->head->n_params, ac);
+    if (!lora_resumes_optimizer(o->critic, c->backbone)) {   // a new adapter on a full critic:
+        c->opt_backbone->cfg = ac;                            // both optimisers start at step 0
+        json_decref(st);
+        return c;
+    }
     if (!checkpoint_load_optimizer(o->critic, c->opt_backbone))
         warn("%s has no optimizer.safetensors (pruned: KEEP_OPT in pipelines/safe.mk?): AdamW starts from "
              "zero moments, so this step differs from the original run's", o->critic);
@@ -463,7 +476,7 @@ static void train_minibatch(const Options *o, Critic *c, const RecStore *s, cons
     }
     const char *gnames[2] = {"backbone", "value_head"};
     const float *gbufs[2] = {backend_grads_for_dump(c->bk), c->head->grads};
-    size_t glens[2] = {c->backbone->n_params, c->head->n_params};
+    size_t glens[2] = {model_trainable(c->backbone).n, c->head->n_params};
     comm_dump_grads(cs->updates, 2, gnames, gbufs, glens);
 
     // one global norm over backbone and heads, then both optimisers step
@@ -572,12 +585,16 @@ int main(int argc, char **argv) {
     long iteration = (long)recstore_header_f64(s, "iteration", 0);
 
     Critic *c = critic_load(&o);
-    c->bk = backend_create(c->backbone, device_select(o.device), "safe-critic", o.quiet);
+    lora_check_output(o.out_critic, c->backbone);
+    c->bk = backend_create(c->backbone, backend_train_device(o.device, c->backbone, "safe-critic", o.quiet), "safe-critic",
+                           o.quiet);
     int B = (int)s->n;
     SeqBatch *sb = records_seqbatch(s, NULL, B);
     if (ci->world > 1) {
         // every rank must start from the same critic, optimiser state, normaliser and batch
-        uint64_t h[7] = {comm_hash(c->backbone->params, c->backbone->n_params * sizeof(float)),
+        Trainable tr = model_trainable(c->backbone);   // with an adapter: its weights too
+        uint64_t h[7] = {comm_hash(c->backbone->params, c->backbone->n_params * sizeof(float)) ^
+                             (c->backbone->lora ? comm_hash(tr.params, tr.n * sizeof(float)) : 0),
                          comm_hash(c->head->params, c->head->n_params * sizeof(float)),
                          comm_hash(c->opt_backbone->m, c->opt_backbone->n * sizeof(float)),
                          comm_hash(c->opt_backbone->v, c->opt_backbone->n * sizeof(float)),

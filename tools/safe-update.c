@@ -47,8 +47,7 @@ typedef struct {
     unsigned long long seed;
     int level, quiet;
     double comm_timeout;    // seconds a collective waits (0: $SAFE_COMM_TIMEOUT or 300)
-    LoraConfig lora;        // --lora-*: r 0 = no adapter given on the command line
-    int lora_alpha_set, lora_targets_set;
+    LoraOptions lora;       // --lora-*: cfg.r 0 = no adapter asked for
 } Options;
 
 static void usage(FILE *f) {
@@ -84,12 +83,7 @@ static void usage(FILE *f) {
         "  --step-limit KLMAX     predictive step limit: scale a step whose KL(old||new) > KLMAX\n"
         "                         (0 = off, the default)\n"
         "  --seed N               minibatch shuffling seed, and a new adapter's initialisation (0)\n"
-        "  --lora-r R             train a LoRA adapter of rank R on the frozen --policy instead of\n"
-        "                         every weight; the output is a PEFT adapter directory. A --policy\n"
-        "                         that is an adapter directory goes on training that adapter\n"
-        "  --lora-alpha A         LoRA scale alpha (8: PEFT's default; the update is alpha/R B A)\n"
-        "  --lora-targets LIST    adapted projections: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,\n"
-        "                         down_proj (or q,k,v,o,gate,up,down, or all; default q_proj,v_proj)\n"
+        LORA_USAGE
         "  --level N              zstd level of the stats shard (3; 0 = raw)\n"
         "  -q, --quiet                no progress on stderr\n"
         "  --comm-timeout S       data parallel: seconds a rank waits for the others (300)\n"
@@ -121,7 +115,7 @@ static void parse_args(int argc, char **argv, Options *o) {
                    .lr = 1e-5f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .temperature = -1,
                    .adam_eps = 1e-8f, .clip_eps = 0.2f, .ent_coef = -1, .grad_clip = 1.0f,
                    .level = 3, .epc = epc_defaults(),
-                   .lora = {.alpha = 8, .targets = 1u << LORA_Q | 1u << LORA_V}};   // PEFT's defaults
+                   .lora = lora_options_default()};
     int c;
     while ((c = getopt_long(argc, argv, "i:o:q", longs, NULL)) != -1) {
         switch (c) {
@@ -161,21 +155,9 @@ static void parse_args(int argc, char **argv, Options *o) {
         case 'q': o->quiet = 1; break;
         case O_COMMTO: o->comm_timeout = comm_parse_timeout(optarg); break;
         case O_DEVICE: o->device = optarg; break;
-        case O_LORA_R:
-            o->lora.r = opt_int("lora-r", optarg);
-            if (o->lora.r < 1 || o->lora.r > 4096) die(EXIT_USAGE, "--lora-r must be 1 to 4096 (got %d)", o->lora.r);
-            break;
-        case O_LORA_ALPHA:
-            o->lora.alpha = opt_float("lora-alpha", optarg);
-            if (!(o->lora.alpha > 0)) die(EXIT_USAGE, "--lora-alpha must be > 0 (got %g)", o->lora.alpha);
-            o->lora_alpha_set = 1;
-            break;
-        case O_LORA_TARGETS: {
-            char why[256];
-            if (lora_parse_targets(optarg, &o->lora.targets, why, sizeof why) != 0) die(EXIT_USAGE, "--lora-targets: %s", why);
-            o->lora_targets_set = 1;
-            break;
-        }
+        case O_LORA_R: lora_option(&o->lora, "lora-r", optarg); break;
+        case O_LORA_ALPHA: lora_option(&o->lora, "lora-alpha", optarg); break;
+        case O_LORA_TARGETS: lora_option(&o->lora, "lora-targets", optarg); break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
         case O_VERSION: safe_print_version("safe-update"); exit(EXIT_OK);
         default: usage(stderr); exit(EXIT_USAGE);
@@ -197,8 +179,7 @@ static void parse_args(int argc, char **argv, Options *o) {
     if (o->level < 0 || o->level > 19) die(EXIT_USAGE, "--level must be 0..19 (got %d)", o->level);
     char why[256];
     if (epc_config_check(&o->epc, why, sizeof why) != 0) die(EXIT_USAGE, "%s", why);
-    if (!o->lora.r && (o->lora_alpha_set || o->lora_targets_set))
-        die(EXIT_USAGE, "--lora-alpha and --lora-targets describe an adapter: give --lora-r too");
+    lora_options_check(&o->lora);
     (void)device_select(o->device);   // --device cuda without a GPU: exit 1 before any work
 }
 
@@ -478,62 +459,6 @@ static void write_stats(ShardWriter *w, const Options *o, const RecStore *s, con
     fields_free(h);
 }
 
-// The policy to train: a checkpoint as it is (every weight trains), with a new adapter
-// (--lora-r: the base frozen), or an adapter directory whose adapter goes on training.
-static Model *load_policy(const Options *o) {
-    if (lora_is_adapter_dir(o->policy)) {
-        Model *m = lora_load_model(o->policy);
-        const LoraConfig *c = &m->lora->cfg;
-        // the pipeline passes the same --lora-* every iteration: they must describe this adapter
-        if (o->lora.r && (o->lora.r != c->r || (o->lora_alpha_set && o->lora.alpha != c->alpha) ||
-                          (o->lora_targets_set && o->lora.targets != c->targets)))
-            die(EXIT_USAGE, "--policy %s is an adapter of rank %d, alpha %g on %s, which the --lora-* options "
-                "contradict (drop them to go on training it, or merge it first with safe-convert)", o->policy, c->r,
-                c->alpha, lora_targets_string(c->targets));
-        return m;
-    }
-    Model *m = model_load(o->policy);
-    if (o->lora.r) {
-        Lora *lo = lora_create(&m->cfg, &o->lora);
-        lora_init(lo, o->seed);
-        char *abs = realpath(o->policy, NULL);   // the base, wherever the adapter is read from
-        lo->base_path = abs ? abs : xstrdup(o->policy);
-        lora_attach(m, lo);
-    }
-    return m;
-}
-
-// Stop (exit 1) when the output directory is the adapter's base, or a base further down its
-// chain of adapters: saving there would replace the model the adapter needs.
-static void output_not_a_base(const char *output, const char *base_path) {
-    char *out = path_exists(output) ? realpath(output, NULL) : NULL;
-    char *p = out ? xstrdup(base_path) : NULL;
-    for (int depth = 0; p && depth < 8; depth++) {
-        char *rp = realpath(p, NULL);
-        if (rp && !strcmp(rp, out))
-            die(EXIT_USAGE, "-o %s is the adapter's base model %s: saving there would replace it; choose another output "
-                "directory", output, base_path);
-        free(rp);
-        char *next = lora_is_adapter_dir(p) ? lora_base_path(p) : NULL;
-        free(p);
-        p = next;
-    }
-    free(p);
-    free(out);
-}
-
-// Where the step runs: --device, or for an adapter the CPU (LoRA does not train on the CUDA
-// backend yet: asked for explicitly, that is an error; chosen automatically, a note).
-static Device update_device(const Options *o, const Model *m) {
-    if (!m->lora) return device_select(o->device);
-    if (o->device && !strcmp(o->device, "cuda"))
-        die(EXIT_USAGE, "--device cuda: LoRA adapters train on the CPU backend only (use --device cpu or leave "
-            "--device out); rollouts of an adapter do run on the GPU (safe-rollout merges it at load)");
-    if (device_select(o->device) == DEVICE_CUDA && !o->quiet)
-        fprintf(stderr, "safe-update: the LoRA adapter trains on the CPU (the CUDA backend does not train adapters yet)\n");
-    return DEVICE_CPU;
-}
-
 static void save_policy(const Options *o, const Model *m, const AdamW *opt, long iteration) {
     char *tok = model_tokenizer_path(o->policy);
     json_t *state = json_pack("{s:I, s:I, s:s}", "step", (json_int_t)opt->step,
@@ -579,16 +504,15 @@ int main(int argc, char **argv) {
     if (!(o.temperature > 0)) die(EXIT_BADINPUT, "%s: header field 'temperature' must be > 0", s->path);
     long iteration = (long)recstore_header_f64(s, "iteration", ctl.iteration > 0 ? ctl.iteration : 0);
 
-    Model *m = load_policy(&o);
+    Model *m = lora_load_trainable(o.policy, &o.lora, o.seed);
     AdamWConfig ac = {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.adam_eps,
                       .weight_decay = o.weight_decay};
     AdamW *opt = adamw_create(model_trainable(m).n, ac);
-    if (m->lora) output_not_a_base(o.output, m->lora->base_path);
-    Backend *bk = backend_create(m, update_device(&o, m), "safe-update", o.quiet);
+    lora_check_output(o.output, m);
+    Backend *bk = backend_create(m, backend_train_device(o.device, m, "safe-update", o.quiet), "safe-update", o.quiet);
     // the moments of what trains: a checkpoint's for its weights, an adapter's for the adapter
     // (a new adapter on a trained checkpoint starts from zero moments)
-    int resumes = m->lora ? lora_is_adapter_dir(o.policy) : checkpoint_is_dir(o.policy);
-    if (resumes) {
+    if (lora_resumes_optimizer(o.policy, m)) {
         if (!checkpoint_load_optimizer(o.policy, opt) && checkpoint_was_trained(o.policy))
             warn("%s has no optimizer.safetensors (pruned: KEEP_OPT in pipelines/safe.mk?): AdamW starts from "
                  "zero moments, so this step differs from the original run's", o.policy);

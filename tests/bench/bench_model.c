@@ -75,37 +75,6 @@ static Model *random_15m(void) {
     return m;
 }
 
-// forward + per-token log-prob/entropy loss + backward over a (B,T) batch; returns tokens/s
-static double bench_train(Model *m, int B, int T, int iters) {
-    int V = m->cfg.vocab_size;
-    size_t N = (size_t)B * T;
-    int32_t *tok = xmalloc(N * 4), *tgt = xmalloc(N * 4);
-    uint8_t *mask = xmalloc(N);
-    float *logp = xmalloc(N * 4), *ent = xmalloc(N * 4), *dlogp = xmalloc(N * 4), *dent = xmalloc(N * 4);
-    float *dlogits = xmalloc(N * V * sizeof(float));
-    for (size_t i = 0; i < N; i++) {
-        tok[i] = rand_tok(V);
-        tgt[i] = rand_tok(V);
-        mask[i] = 1;
-        dlogp[i] = -1.0f / N;
-        dent[i] = -0.01f / N;
-    }
-    double best = 1e30;
-    for (int it = 0; it <= iters; it++) {  // iteration 0 warms up (allocations)
-        double t0 = clock_s();
-        model_forward(m, tok, mask, B, T, 1);
-        logprob_forward(m->logits, N, V, 1.0f, tgt, logp, ent);
-        memset(dlogits, 0, N * V * sizeof(float));
-        logprob_backward(m->logits, N, V, 1.0f, tgt, dlogp, dent, dlogits);
-        model_zero_grad(m);
-        model_backward(m, dlogits, NULL);
-        double dt = clock_s() - t0;
-        if (it > 0 && dt < best) best = dt;
-    }
-    free(tok); free(tgt); free(mask); free(logp); free(ent); free(dlogp); free(dent); free(dlogits);
-    return N / best;
-}
-
 // prefill `prompt` tokens for n rows, then `steps` decode steps for all rows; decode tokens/s
 static double bench_decode(Model *m, int n, int prompt, int steps) {
     int V = m->cfg.vocab_size;
@@ -132,36 +101,40 @@ static double bench_decode(Model *m, int n, int prompt, int steps) {
     return (double)n * steps / dt;
 }
 
-// One training step (forward, loss, backward, AdamW, the adapter's merge) per iteration over
-// (B,T); tokens/s of the best iteration.
+// forward + per-token log-prob/entropy loss + backward over a (B,T) batch, and with opt an
+// AdamW step (and an adapter's merge): a whole training step. Tokens/s of the best iteration.
 static double bench_step(Model *m, AdamW *opt, int B, int T, int iters) {
     int V = m->cfg.vocab_size;
     size_t N = (size_t)B * T;
     int32_t *tok = xmalloc(N * 4), *tgt = xmalloc(N * 4);
     uint8_t *mask = xmalloc(N);
-    float *logp = xmalloc(N * 4), *ent = xmalloc(N * 4), *dlogp = xmalloc(N * 4), *dlogits = xmalloc(N * V * 4);
+    float *logp = xmalloc(N * 4), *ent = xmalloc(N * 4), *dlogp = xmalloc(N * 4), *dent = xmalloc(N * 4);
+    float *dlogits = xmalloc(N * V * sizeof(float));
     for (size_t i = 0; i < N; i++) {
         tok[i] = rand_tok(V);
         tgt[i] = rand_tok(V);
         mask[i] = 1;
         dlogp[i] = -1.0f / N;
+        dent[i] = -0.01f / N;
     }
     double best = 1e30;
-    for (int it = 0; it <= iters; it++) {   // iteration 0 warms up (allocations)
+    for (int it = 0; it <= iters; it++) {  // iteration 0 warms up (allocations)
         double t0 = clock_s();
         model_forward(m, tok, mask, B, T, 1);
         logprob_forward(m->logits, N, V, 1.0f, tgt, logp, ent);
         memset(dlogits, 0, N * V * sizeof(float));
-        logprob_backward(m->logits, N, V, 1.0f, tgt, dlogp, NULL, dlogits);
+        logprob_backward(m->logits, N, V, 1.0f, tgt, dlogp, dent, dlogits);
         model_zero_grad(m);
         model_backward(m, dlogits, NULL);
-        Trainable tr = model_trainable(m);
-        adamw_step(opt, tr.params, tr.grads);
-        lora_merge(m);
+        if (opt) {
+            Trainable tr = model_trainable(m);
+            adamw_step(opt, tr.params, tr.grads);
+            lora_merge(m);
+        }
         double dt = clock_s() - t0;
         if (it > 0 && dt < best) best = dt;
     }
-    free(tok); free(tgt); free(mask); free(logp); free(ent); free(dlogp); free(dlogits);
+    free(tok); free(tgt); free(mask); free(logp); free(ent); free(dlogp); free(dent); free(dlogits);
     return N / best;
 }
 
@@ -192,7 +165,7 @@ static void run_lora(const char *name, const Model *m, int B, int T, int iters) 
 }
 
 static void run(const char *name, Model *m, int B, int T, int iters, int steps_scale) {
-    double tr = bench_train(m, B, T, iters);
+    double tr = bench_step(m, NULL, B, T, iters);
     printf("model %s fwd+bwd(B=%d,T=%d) %.0f tok/s\n", name, B, T, tr);
     fflush(stdout);
     int batches[3] = {1, 8, 64};

@@ -288,6 +288,23 @@ void checkpoint_check_target(const char *dir) {
                         "checkpoint (choose another output directory)", dir);
 }
 
+void checkpoint_check_apart(const char *dir, const char *path, const char *option) {
+    if (!path || !strcmp(path, "-")) return;
+    char *d = realpath(dir, NULL);
+    if (!d) return;   // not there yet: nothing is inside it
+    char *copy = xstrdup(path), *slash = strrchr(copy, '/');
+    const char *parent = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
+    char *p = realpath(parent, NULL);
+    size_t n = strlen(d);
+    int inside = p && !strncmp(p, d, n) && (p[n] == '\0' || p[n] == '/');
+    free(p);
+    free(copy);
+    free(d);
+    if (inside)
+        die(EXIT_USAGE, "%s %s lies inside %s, which this run replaces whole: it would be lost; keep it elsewhere", option,
+            path, dir);
+}
+
 // config.json and model.safetensors of m into dir.
 static void save_model_files(const char *tmp, const Model *m, const CheckpointParts *parts) {
     // config.json: floats with 9 significant digits (float32 round-trips, 1e-05 stays 1e-05)

@@ -61,6 +61,10 @@ void checkpoint_save(const char *dir, const Model *m, const CheckpointParts *par
 // replaces the directory whole. Tools call it at start-up, before any work.
 void checkpoint_check_target(const char *dir);
 
+// Die (exit 1) when the file path (an input or output of the same run; "-" and NULL pass)
+// lies inside the checkpoint directory dir that the run replaces whole: it would be lost.
+void checkpoint_check_apart(const char *dir, const char *path, const char *option);
+
 // 1 when path is a directory with a config.json.
 int checkpoint_is_dir(const char *path);
 // Read DIR/config.json into a ModelConfig (HF Llama/Qwen2 keys). Dies (exit 2) naming the

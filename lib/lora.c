@@ -21,6 +21,11 @@ int lora_parse_targets(const char *list, unsigned *targets, char *why, size_t wh
     }
     char *copy = xstrdup(list), *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(tok, "all") || !strcmp(tok, "all-linear")) {
+            snprintf(why, why_len, "'%s' names every projection: give it alone, not in a list", tok);
+            free(copy);
+            return -1;
+        }
         int found = -1;
         for (int t = 0; t < LORA_NTARGETS; t++)
             if (!strcmp(tok, lora_target_names[t]) || !strcmp(tok, short_names[t])) found = t;

@@ -89,9 +89,10 @@ typedef struct {
 } LoraOptions;
 
 #define LORA_USAGE                                                                                  \
-    "  --lora-r R             train a LoRA adapter of rank R on the frozen model instead of\n"       \
-    "                         every weight; the output is a PEFT adapter directory. A model\n"      \
-    "                         that is an adapter directory goes on training that adapter\n"          \
+    "  --lora-r R             train a LoRA adapter of rank R on the frozen model (the critic's\n"    \
+    "                         backbone; its value heads train in full) instead of its weights;\n"   \
+    "                         the output is a PEFT adapter directory. An adapter directory to\n"   \
+    "                         go on from (--policy, --critic) goes on training its adapter\n"       \
     "  --lora-alpha A         LoRA scale alpha (8: PEFT's default; the update is alpha/R B A)\n"     \
     "  --lora-targets LIST    adapted projections: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,\n" \
     "                         down_proj (or q,k,v,o,gate,up,down, or all; default q_proj,v_proj)\n"
@@ -112,9 +113,11 @@ Model *lora_load_new(const char *path, const LoraOptions *lo, uint64_t seed);
 // 1 when the AdamW moments saved in path belong to what m trains (an adapter's for its
 // adapter, a checkpoint's for its weights; a new adapter on a checkpoint starts from zero).
 int lora_resumes_optimizer(const char *path, const Model *m);
-// Stop (exit 1) when the output directory is m's adapter's base, or a base further down its
-// chain of adapters: saving there would replace the model the adapter needs.
-void lora_check_output(const char *output, const Model *m);
+// Stop (exit 1) when the output directory is a model that what is read from input (the
+// tools' --policy, --critic, --init-from, safe-convert's MODEL) needs: the base of an input
+// adapter or one further down its chain, or input itself when m (may be NULL) carries a new
+// adapter on it. Replacing the input adapter itself is allowed.
+void lora_check_output(const char *output, const char *input, const Model *m);
 
 // ---- PEFT directories (lora_peft.c) ----
 

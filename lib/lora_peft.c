@@ -129,6 +129,12 @@ LoraConfig lora_read_config(const char *dir, int n_layers) {
     refuse_unless(j, path, "target_parameters", NULL, "adapting parameters (not modules)");
     refuse_unless(j, path, "trainable_token_indices", NULL, "training token embeddings");
     refuse_unless(j, path, "lora_bias", NULL, "a bias on lora_B");
+    // PiSSA, OLoRA, LoftQ, CorDA, EVA: PEFT redoes them at load, changing the base weights
+    v = json_object_get(j, "init_lora_weights");
+    if (v && !json_is_null(v) && !json_is_boolean(v) && !(json_is_string(v) && !strcmp(json_string_value(v), "gaussian")))
+        die(EXIT_BADINPUT, "%s: \"init_lora_weights\" must be true, false or \"gaussian\": other initialisations "
+            "(PiSSA, OLoRA, LoftQ, ...) change the base model when PEFT loads the adapter, which this engine does not do",
+            path);
     LoraConfig c = {.alpha = 8};   // PEFT's default lora_alpha
     v = json_object_get(j, "r");
     if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 4096)

@@ -49,6 +49,9 @@ Model *lora_load_trainable(const char *path, const LoraOptions *lo, uint64_t see
 }
 
 Model *lora_load_new(const char *path, const LoraOptions *lo, uint64_t seed) {
+    if (lo->cfg.r && lora_is_adapter_dir(path))   // PEFT could not read an adapter on an adapter
+        die(EXIT_USAGE, "%s is a LoRA adapter: a new adapter on it would need both; merge it first (safe-convert %s "
+            "DIR) and start from DIR, or start from its base", path, path);
     Model *m = model_load(path);
     if (lo->cfg.r) {
         Lora *a = lora_create(&m->cfg, &lo->cfg);
@@ -64,20 +67,35 @@ int lora_resumes_optimizer(const char *path, const Model *m) {
     return m->lora ? lora_is_adapter_dir(path) : checkpoint_is_dir(path);
 }
 
-void lora_check_output(const char *output, const Model *m) {
-    if (!m->lora) return;
-    char *out = path_exists(output) ? realpath(output, NULL) : NULL;
-    char *p = out ? xstrdup(m->lora->base_path) : NULL;
+// Walk the chain of bases from adapter directory `of` (base of base ...): exit 1 when one of
+// them is out (a realpath).
+static void check_chain(const char *output, const char *out, const char *of) {
+    char *child = xstrdup(of), *p = lora_base_path(of);
     for (int depth = 0; p && depth < 8; depth++) {
         char *rp = realpath(p, NULL);
         if (rp && !strcmp(rp, out))
-            die(EXIT_USAGE, "%s is the adapter's base model %s: saving there would replace it; choose another output "
-                "directory", output, m->lora->base_path);
+            die(EXIT_USAGE, "%s is the base model of the adapter %s: saving there would replace it; choose another "
+                "output directory", output, child);
         free(rp);
         char *next = lora_is_adapter_dir(p) ? lora_base_path(p) : NULL;
-        free(p);
+        free(child);
+        child = p;
         p = next;
     }
     free(p);
+    free(child);
+}
+
+void lora_check_output(const char *output, const char *input, const Model *m) {
+    char *out = path_exists(output) ? realpath(output, NULL) : NULL;
+    if (!out) return;   // a new directory is nobody's base
+    if (lora_is_adapter_dir(input)) check_chain(output, out, input);
+    if (m && m->lora && !lora_is_adapter_dir(input)) {   // a new adapter on input: input is its base
+        char *in = realpath(input, NULL);
+        if (in && !strcmp(in, out))
+            die(EXIT_USAGE, "%s is the base model of the new adapter: saving there would replace it; choose another "
+                "output directory", output);
+        free(in);
+    }
     free(out);
 }

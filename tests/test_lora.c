@@ -301,6 +301,8 @@ TEST(bad_adapters_refused) {
     expect_refused("exclude_modules", cfg, "\"exclude_modules\" is set");
     snprintf(cfg, sizeof cfg, fmt2, "16", base, four, ", \"layer_replication\": [[0, 1]]");
     expect_refused("layer_replication", cfg, "\"layer_replication\" is set");
+    snprintf(cfg, sizeof cfg, fmt2, "16", base, four, ", \"init_lora_weights\": \"pissa\"");
+    expect_refused("pissa", cfg, "\"init_lora_weights\" must be true, false or \"gaussian\"");
     snprintf(cfg, sizeof cfg, fmt2, "1e39", base, four, "");
     expect_refused("alpha_overflows", cfg, "\"lora_alpha\" must be a number > 0 within float range");
     // an adapter beside a model's config.json: ambiguous

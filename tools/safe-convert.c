@@ -17,6 +17,7 @@
 
 #include "checkpoint.h"  // model_load, model_tokenizer_path, checkpoint_save
 #include "common.h"      // die, exit codes, safe_progname
+#include "lora.h"          // lora_check_output: an adapter's base is not an output
 #include "ranks.h"       // ranks_require_one: one process, not several ranks
 
 static void usage(FILE *f) {
@@ -71,6 +72,7 @@ int main(int argc, char **argv) {
     char a[4096], b[4096];
     if (realpath(in, a) && realpath(out, b) && !strcmp(a, b))
         die(EXIT_USAGE, "MODEL and OUTDIR are the same path (%s): write the conversion elsewhere", in);
+    lora_check_output(out, in, NULL);   // not over the base of the adapter being merged
 
     double t0 = now_seconds();
     Model *m = model_load(in);

@@ -233,13 +233,15 @@ static Critic *critic_load(const Options *o) {
         json_decref(st);
         return c;
     }
-    if (!checkpoint_load_optimizer(o->critic, c->opt_backbone))
+    int had_opt = checkpoint_load_optimizer(o->critic, c->opt_backbone);
+    if (!had_opt)
         warn("%s has no optimizer.safetensors (pruned: KEEP_OPT in pipelines/safe.mk?): AdamW starts from "
              "zero moments, so this step differs from the original run's", o->critic);
     c->opt_backbone->cfg = ac;
     StTensor ht[2] = {{.name = "exp_avg", .data = c->opt_head->m, .ndim = 1, .shape = {(int64_t)c->head->n_params}},
                       {.name = "exp_avg_sq", .data = c->opt_head->v, .ndim = 1, .shape = {(int64_t)c->head->n_params}}};
-    checkpoint_load_group(o->critic, "value_head_optimizer", ht, 2);
+    if (!checkpoint_load_group(o->critic, "value_head_optimizer", ht, 2) && had_opt)   // pruned with it: said above
+        warn("%s has no value_head_optimizer.safetensors: the value heads' AdamW starts from zero moments", o->critic);
     c->opt_head->step = c->opt_backbone->step;
     json_decref(st);
     return c;
@@ -560,6 +562,9 @@ int main(int argc, char **argv) {
     Options o;
     parse_args(argc, argv, &o);
     checkpoint_check_target(o.out_critic);   // before any work: saving replaces the directory
+    checkpoint_check_apart(o.out_critic, o.input, "-i");
+    checkpoint_check_apart(o.out_critic, o.output, "-o");
+    checkpoint_check_apart(o.out_critic, o.control, "--control");
     output_check(o.output, "-o");
     comm_init(o.comm_timeout);
     comm_check_same_args(argc, argv);
@@ -585,7 +590,7 @@ int main(int argc, char **argv) {
     long iteration = (long)recstore_header_f64(s, "iteration", 0);
 
     Critic *c = critic_load(&o);
-    lora_check_output(o.out_critic, c->backbone);
+    lora_check_output(o.out_critic, o.critic ? o.critic : o.init_from, c->backbone);
     c->bk = backend_create(c->backbone, backend_train_device(o.device, c->backbone, "safe-critic", o.quiet), "safe-critic",
                            o.quiet);
     int B = (int)s->n;

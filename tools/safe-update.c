@@ -475,6 +475,9 @@ int main(int argc, char **argv) {
     Options o;
     parse_args(argc, argv, &o);
     checkpoint_check_target(o.output);   // before any work: saving replaces the directory
+    checkpoint_check_apart(o.output, o.input, "-i");
+    checkpoint_check_apart(o.output, o.stats, "--stats");
+    checkpoint_check_apart(o.output, o.control, "--control");
     output_check(o.stats, "--stats");
     double t0 = now_seconds();
     comm_init(o.comm_timeout);
@@ -508,7 +511,7 @@ int main(int argc, char **argv) {
     AdamWConfig ac = {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.adam_eps,
                       .weight_decay = o.weight_decay};
     AdamW *opt = adamw_create(model_trainable(m).n, ac);
-    lora_check_output(o.output, m);
+    lora_check_output(o.output, o.policy, m);
     Backend *bk = backend_create(m, backend_train_device(o.device, m, "safe-update", o.quiet), "safe-update", o.quiet);
     // the moments of what trains: a checkpoint's for its weights, an adapter's for the adapter
     // (a new adapter on a trained checkpoint starts from zero moments)

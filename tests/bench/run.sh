@@ -65,7 +65,9 @@ section_generate() {
 # and the training state each keeps beside the weights.
 section_lora() {
     title "lora: training step tokens/s and training state vs full fine-tuning (tests/bench/bench_model.c --lora)"
-    "$SAFE_BUILD/bench/bench_model" --lora ${SAFE_BENCH_QUICK:+--quick} | awk '
+    out=$(mktemp)
+    "$SAFE_BUILD/bench/bench_model" --lora ${SAFE_BENCH_QUICK:+--quick} >"$out" || { rm -f "$out"; return 1; }
+    awk '
         $1 == "lora" { if ($3 == "full") { base[$2] = $4; mem[$2] = $5 }
                        rows[++n] = $0 }
         END {
@@ -75,7 +77,8 @@ section_lora() {
                 printf "%-12s %-24s %10s %7.2fx %10s %7.3fx\n", f[2], f[3], f[4], f[4] / base[f[2]], f[5], f[5] / mem[f[2]]
             }
             printf "\nbaseline: full fine-tuning of every weight (ratio 1.00x) measured in the same run\n"
-        }'
+        }' "$out"
+    rm -f "$out"
 }
 
 failed=0

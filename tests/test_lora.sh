@@ -113,6 +113,16 @@ else
     echo "SKIP lora_auto_device: no CUDA build, a sanitizer build, or no cc"
 fi
 
+# the predictive step limit scales the adapter's step back (the merged weights follow it)
+safe-update --policy "$MODEL" $UPD --lr 1e-1 --lora-r 2 --step-limit 1e-5 -o "$TMP/steplim" --stats "$TMP/steplim.safe"
+check lora_step_limit_scales test "$(stat_of "$TMP/steplim.safe" step_scale_min | jq '. < 1 and . > 0')" = true
+batch "$TMP/steplim" 2
+U2="--control $TMP/control0.safe --quiet -i $TMP/adv2.safe --lr 0"
+safe-update --policy "$TMP/steplim" $U2 -o "$TMP/steplim0" --stats "$TMP/steplim0.safe"
+check lora_step_limit_saved_weights_are_the_rollouts test "$(safe-cat "$TMP/steplim0.safe" | jq '(.ratio_mean - 1 | fabs) < 1e-5 and .clip_frac == 0')" = true
+safe-update --policy "$MODEL" $UPD --algo ppo --lr 1e-2 --lora-r 2 -o "$TMP/ppo" --stats "$TMP/ppo.safe"
+check lora_ppo_baseline test -f "$TMP/ppo/adapter_model.safetensors" -a "$(stat_of "$TMP/ppo.safe" algo)" = ppo
+
 # ---- safe-convert merges an adapter into a full checkpoint; generation agrees ----
 safe-convert "$TMP/lora1" "$TMP/merged" >/dev/null 2>&1
 check lora_convert_merges test -f "$TMP/merged/model.safetensors" -a -f "$TMP/merged/config.json"

@@ -295,8 +295,7 @@ void checkpoint_check_apart(const char *dir, const char *path, const char *optio
     char *copy = xstrdup(path), *slash = strrchr(copy, '/');
     const char *parent = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
     char *p = realpath(parent, NULL);
-    size_t n = strlen(d);
-    int inside = p && !strncmp(p, d, n) && (p[n] == '\0' || p[n] == '/');
+    int inside = p && path_within(p, d);
     free(p);
     free(copy);
     free(d);

@@ -252,6 +252,12 @@ int path_is_dir(const char *path) {
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
+int path_within(const char *p, const char *dir) {
+    size_t n = strlen(dir);
+    if (n == 1 && dir[0] == '/') return 1;
+    return !strncmp(p, dir, n) && (p[n] == '\0' || p[n] == '/');
+}
+
 int path_exists(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0;

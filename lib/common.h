@@ -59,6 +59,8 @@ void output_parent_check(const char *path, const char *option);
 char *path_join(const char *dir, const char *name);
 int path_is_dir(const char *path);
 int path_exists(const char *path);
+// 1 when the absolute path p is dir or lies inside it (both as realpath gives them).
+int path_within(const char *p, const char *dir);
 
 // Monotonic wall clock in seconds.
 double now_seconds(void);

@@ -73,8 +73,8 @@ static void check_chain(const char *output, const char *out, const char *of) {
     char *child = xstrdup(of), *p = lora_base_path(of);
     for (int depth = 0; p && depth < 8; depth++) {
         char *rp = realpath(p, NULL);
-        if (rp && !strcmp(rp, out))
-            die(EXIT_USAGE, "%s is the base model of the adapter %s: saving there would replace it; choose another "
+        if (rp && path_within(rp, out))
+            die(EXIT_USAGE, "%s holds the base model of the adapter %s: saving there would replace it; choose another "
                 "output directory", output, child);
         free(rp);
         char *next = lora_is_adapter_dir(p) ? lora_base_path(p) : NULL;
@@ -92,8 +92,8 @@ void lora_check_output(const char *output, const char *input, const Model *m) {
     if (lora_is_adapter_dir(input)) check_chain(output, out, input);
     if (m && m->lora && !lora_is_adapter_dir(input)) {   // a new adapter on input: input is its base
         char *in = realpath(input, NULL);
-        if (in && !strcmp(in, out))
-            die(EXIT_USAGE, "%s is the base model of the new adapter: saving there would replace it; choose another "
+        if (in && path_within(in, out))
+            die(EXIT_USAGE, "%s holds the base model of the new adapter: saving there would replace it; choose another "
                 "output directory", output);
         free(in);
     }

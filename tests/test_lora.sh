@@ -63,13 +63,13 @@ check lora_new_adapter_on_trained_checkpoint test "$(jq .step "$TMP/onfull/train
 check lora_new_adapter_names_checkpoint test "$(jq -r .base_model_name_or_path "$TMP/onfull/adapter_config.json")" = "$(realpath "$TMP/full1")"
 # the output may not be the base: that would replace the model the adapter needs
 expect_status lora_output_is_base_refused 1 safe-update --policy "$TMP/full1" $UPD --lora-r 2 -o "$TMP/full1" --stats /dev/null
-check lora_output_is_base_message grep -q "is the base model of the new adapter" "$TMP/err"
+check lora_output_is_base_message grep -q "holds the base model of the new adapter" "$TMP/err"
 expect_status lora_output_is_base_of_continued_refused 1 safe-update --policy "$TMP/onfull" $UPD -o "$TMP/full1" --stats /dev/null
 check lora_output_is_base_kept test -f "$TMP/full1/model.safetensors" -a ! -e "$TMP/full1/adapter_config.json"
 # nor the base of an adapter read some other way: a critic started from it, safe-convert's output
 expect_status lora_critic_output_is_base_refused 1 safe-critic --init-from "$TMP/onfull" --control "$TMP/control0.safe" \
     --quiet -i "$TMP/scored0.safe" -o "$TMP/bad.safe" --out-critic "$TMP/full1"
-check lora_critic_output_is_base_message grep -q "is the base model of the adapter .*onfull" "$TMP/err"
+check lora_critic_output_is_base_message grep -q "holds the base model of the adapter .*onfull" "$TMP/err"
 expect_status lora_convert_output_is_base_refused 1 safe-convert "$TMP/onfull" "$TMP/full1"
 check lora_output_is_base_kept_again test -f "$TMP/full1/model.safetensors" -a -f "$TMP/full1/optimizer.safetensors"
 expect_status lora_new_adapter_on_adapter_refused 1 safe-critic --init-from "$TMP/onfull" --lora-r 2 \
@@ -85,7 +85,14 @@ expect_status output_inside_checkpoint_refused 1 safe-update --policy "$TMP/insi
 expect_status input_inside_checkpoint_refused 1 safe-update --policy "$TMP/inside" --control "$TMP/control0.safe" \
     --quiet -i "$TMP/inside/adv.safe" --stats /dev/null -o "$TMP/inside"
 check input_inside_checkpoint_message grep -q "lies inside .*inside, which this run replaces whole" "$TMP/err"
+cp "$MODEL" "$TMP/inside/model.bin"
+expect_status policy_inside_checkpoint_refused 1 safe-update --policy "$TMP/inside/model.bin" --control "$TMP/control0.safe" \
+    --quiet -i "$TMP/adv0.safe" --stats /dev/null -o "$TMP/inside"
+check policy_inside_checkpoint_kept test -f "$TMP/inside/model.bin"
 cp -r "$TMP/critic" "$TMP/cin"
+cp "$MODEL" "$TMP/cin/init.bin"
+expect_status init_from_inside_checkpoint_refused 1 safe-critic --init-from "$TMP/cin/init.bin" --control "$TMP/control0.safe" \
+    --quiet -i "$TMP/scored0.safe" -o "$TMP/bad.safe" --out-critic "$TMP/cin"
 expect_status critic_output_inside_checkpoint_refused 1 safe-critic --critic "$TMP/cin" --control "$TMP/control0.safe" \
     --quiet -i "$TMP/scored0.safe" -o "$TMP/cin/adv.safe" --out-critic "$TMP/cin"
 check inside_refusals_lose_nothing test -f "$TMP/inside/adv.safe" -a ! -e "$TMP/inside/stats.safe" -a \

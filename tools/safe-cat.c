@@ -772,10 +772,13 @@ static void input_open(Cat *c, Input *in, const char *path) {
 
 // Describe a header value for messages: "qwen" / 3 / absent.
 static void describe(const msgpack_object *o, char *buf, size_t n) {
-    if (!o) snprintf(buf, n, "absent");
+    if (!o) snprintf(buf, n, "none");
     else if (o->type == MSGPACK_OBJECT_STR) snprintf(buf, n, "\"%.*s\"", (int)(o->via.str.size < 200 ? o->via.str.size : 200), o->via.str.ptr);
     else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) snprintf(buf, n, "%llu", (unsigned long long)o->via.u64);
     else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) snprintf(buf, n, "%lld", (long long)o->via.i64);
+    else if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32) snprintf(buf, n, "%.17g", o->via.f64);
+    else if (o->type == MSGPACK_OBJECT_BOOLEAN) snprintf(buf, n, "%s", o->via.boolean ? "true" : "false");
+    else if (o->type == MSGPACK_OBJECT_NIL) snprintf(buf, n, "null");
     else snprintf(buf, n, "a value of msgpack type %d", (int)o->type);
 }
 
@@ -852,6 +855,10 @@ static int input_slices(const msgpack_object *h, const char *path, int *split, i
     return n;
 }
 
+static int has_slice_fields(const msgpack_object *h) {
+    return h && (hget(h, "num_shards") || hget(h, "shard") || hget(h, "shards"));
+}
+
 static int slice_key(const msgpack_object *k) {
     return key_is(k, "shard") || key_is(k, "shards") || key_is(k, "num_shards");
 }
@@ -866,18 +873,24 @@ static void check_slices(Cat *c) {
         c->slices = SLICES_NONE;
         return;
     }
-    int first = -1, total = 0, last = -1;
+    int first = -1, total = 0, last = -1, a_slice = -1;
     int *held = NULL;
+    for (int i = 0; i < c->nin && a_slice < 0; i++)
+        if (has_slice_fields(input_header(&c->in[i]))) a_slice = i;
     for (int i = 0; i < c->nin; i++) {
         const msgpack_object *h = input_header(&c->in[i]);
-        if (!h) continue;
         const char *path = c->in[i].path;
+        if (!h && a_slice >= 0)   // header-less JSON lines: which prompts they hold is unknown
+            die(EXIT_BADINPUT, "%s: no header (JSON lines without a header line), but %s is a rollout slice: refusing "
+                "to join them (its records may repeat a slice's); export slices with safe-cat --with-header", path,
+                c->in[a_slice].path);
+        if (!h) continue;
         int split = 0, *list = NULL;
         int n = input_slices(h, path, &split, &list);
         if (first < 0 && n == 0) {
             for (int j = i + 1; j < c->nin; j++) {   // a header without slice fields before a slice
                 const msgpack_object *hj = input_header(&c->in[j]);
-                if (hj && (hget(hj, "num_shards") || hget(hj, "shard") || hget(hj, "shards")))
+                if (has_slice_fields(hj))
                     die(EXIT_BADINPUT, "%s: header: no rollout slice fields (\"shard\", \"num_shards\"), but %s is a "
                         "slice: refusing to join them (its prompts may be in the slice too)", path, c->in[j].path);
             }
@@ -1133,7 +1146,7 @@ static void copy_json(Cat *c, Input *in, Progress *p) {
             snprintf(where, sizeof where, "%s line %ld", in->path, in->lineno);
             header_compat(c, &c->hdr.data, "the output header", &tmp.jheader.data, where);
             const msgpack_object *eh = &tmp.jheader.data;
-            if (hget(eh, "num_shards") || hget(eh, "shard") || hget(eh, "shards"))
+            if (has_slice_fields(eh))
                 die(EXIT_BADINPUT, "%s: header: a second header that names rollout slices: join slices as separate "
                     "inputs (safe-cat A.jsonl B.jsonl), not as one concatenated stream, so that they can be checked",
                     where);

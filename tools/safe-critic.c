@@ -562,6 +562,7 @@ int main(int argc, char **argv) {
     Options o;
     parse_args(argc, argv, &o);
     checkpoint_check_target(o.out_critic);   // before any work: saving replaces the directory
+    checkpoint_check_apart(o.out_critic, o.critic ? o.critic : o.init_from, o.critic ? "--critic" : "--init-from");
     checkpoint_check_apart(o.out_critic, o.input, "-i");
     checkpoint_check_apart(o.out_critic, o.output, "-o");
     checkpoint_check_apart(o.out_critic, o.control, "--control");

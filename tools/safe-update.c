@@ -475,6 +475,7 @@ int main(int argc, char **argv) {
     Options o;
     parse_args(argc, argv, &o);
     checkpoint_check_target(o.output);   // before any work: saving replaces the directory
+    checkpoint_check_apart(o.output, o.policy, "--policy");   // the policy itself may be replaced in place
     checkpoint_check_apart(o.output, o.input, "-i");
     checkpoint_check_apart(o.output, o.stats, "--stats");
     checkpoint_check_apart(o.output, o.control, "--control");

@@ -21,7 +21,8 @@ struct Backend {
     Device dev;
     Model *m;
     const char *who;
-    float *before;      // CPU step limit: the weights before the step
+    float *before;      // CPU step limit: the weights before the step (an adapter's on either device)
+    float *full;        // cuda with an adapter: the device's weight gradients on the host (n_params)
 #ifdef SAFE_CUDA
     CudaModel *cm;
     int32_t *rows, *targets;   // (n_resp) predicting positions and response tokens of the last batch
@@ -70,16 +71,6 @@ Device device_select(const char *opt) {
     return DEVICE_CUDA;
 }
 
-Device backend_train_device(const char *opt, const Model *m, const char *who, int quiet) {
-    if (!m->lora) return device_select(opt);
-    if (opt && !strcmp(opt, "cuda"))
-        die(EXIT_USAGE, "--device cuda: LoRA adapters train on the CPU backend only (use --device cpu or leave "
-            "--device out); rollouts of an adapter do run on the GPU (safe-rollout merges it at load)");
-    if (device_select(opt) == DEVICE_CUDA && !quiet)
-        fprintf(stderr, "%s: the LoRA adapter trains on the CPU (the CUDA backend does not train adapters yet)\n", who);
-    return DEVICE_CPU;
-}
-
 Backend *backend_create(Model *m, Device d, const char *who, int quiet) {
     Backend *bk = xcalloc(1, sizeof(Backend));
     bk->dev = d;
@@ -89,9 +80,6 @@ Backend *backend_create(Model *m, Device d, const char *who, int quiet) {
     bk->route = -1;
     bk->overlap = -1;
 #endif
-    if (d == DEVICE_CUDA && m->lora)
-        die(EXIT_USAGE, "LoRA adapters train on the CPU backend only (%s: use --device cpu); rollouts of an adapter "
-            "run on the GPU (safe-rollout merges it at load)", who);
     if (d == DEVICE_CUDA) {
 #ifdef SAFE_CUDA
         // one GPU per rank: local rank modulo the visible GPUs, the rule comm_nccl uses
@@ -119,10 +107,24 @@ void backend_free(Backend *bk) {
     free(bk->targets);
 #endif
     free(bk->before);
+    free(bk->full);
     free(bk);
 }
 
 Device backend_device(const Backend *bk) { return bk->dev; }
+
+// Whether the optimiser works on the host: on the CPU, and for an adapter on either device
+// (cuda: the adapter's gradients come to the host from the device's weight gradients).
+static int host_trains(const Backend *bk) { return bk->dev == DEVICE_CPU || bk->m->lora != NULL; }
+
+// After the host changed what trains (a step, a blend): an adapter's merged weights, and on
+// cuda their upload (the whole model: compiled and emulator-checked, not yet timed on a GPU).
+static void host_weights_changed(Backend *bk) {
+    lora_merge(bk->m);
+#ifdef SAFE_CUDA
+    if (bk->dev == DEVICE_CUDA) cuda_model_upload(bk->cm, bk->m);
+#endif
+}
 
 #ifdef SAFE_CUDA
 // positions that predict each response token (packed order) and the tokens themselves
@@ -299,6 +301,17 @@ void backend_zero_grad(Backend *bk) {
 #endif
 }
 
+#ifdef SAFE_CUDA
+static void device_allreduce(Backend *bk, const char *what);
+
+// cuda with an adapter: the summed weight gradients to the host, the adapter's by the chain rule
+static void adapter_grads_to_host(Backend *bk) {
+    if (!bk->full) bk->full = xmalloc(bk->m->n_params * sizeof(float));
+    cuda_model_download_grads(bk->cm, bk->full);
+    lora_grads_from_full(bk->m->lora, bk->m, bk->full);
+}
+#endif
+
 void backend_allreduce_grads(Backend *bk, const char *what) {
     if (bk->dev == DEVICE_CPU) {
         // the double sums of per-sequence terms (model.h), summed over the ranks in double:
@@ -310,6 +323,14 @@ void backend_allreduce_grads(Backend *bk, const char *what) {
         return;
     }
 #ifdef SAFE_CUDA
+    device_allreduce(bk, what);
+    if (bk->m->lora) adapter_grads_to_host(bk);
+#endif
+}
+
+#ifdef SAFE_CUDA
+// The device gradients summed over the ranks (backend_allreduce_grads on cuda).
+static void device_allreduce(Backend *bk, const char *what) {
     GradRoute route = grad_route(bk);
     if (route == ROUTE_NONE) return;
     if (route == ROUTE_NCCL) {
@@ -332,11 +353,11 @@ void backend_allreduce_grads(Backend *bk, const char *what) {
     cuda_model_download_grads(bk->cm, m->grads);
     comm_allreduce_f32(m->grads, m->n_params, COMM_SUM, what);
     cuda_model_upload_grads(bk->cm, m->grads);
-#endif
 }
+#endif
 
 const float *backend_grads_for_dump(Backend *bk) {
-    if (bk->dev == DEVICE_CPU) return model_trainable(bk->m).grads;
+    if (host_trains(bk)) return model_trainable(bk->m).grads;
 #ifdef SAFE_CUDA
     const char *d = getenv("SAFE_DUMP_GRADS");
     if (!d || !*d) return NULL;
@@ -349,7 +370,7 @@ const float *backend_grads_for_dump(Backend *bk) {
 }
 
 long long backend_first_nonfinite_grad(Backend *bk) {
-    if (bk->dev == DEVICE_CPU) {
+    if (host_trains(bk)) {
         Trainable tr = model_trainable(bk->m);
         for (size_t i = 0; i < tr.n; i++)
             if (!isfinite(tr.grads[i])) return (long long)i;
@@ -363,7 +384,7 @@ long long backend_first_nonfinite_grad(Backend *bk) {
 }
 
 double backend_clip_grads(Backend *bk, double max_norm) {
-    if (bk->dev == DEVICE_CPU) {
+    if (host_trains(bk)) {
         Trainable tr = model_trainable(bk->m);
         return grad_clip(tr.grads, tr.n, max_norm);
     }
@@ -380,7 +401,7 @@ double backend_clip_grads(Backend *bk, double max_norm) {
 }
 
 void backend_scale_grads(Backend *bk, float s) {
-    if (bk->dev == DEVICE_CPU) {
+    if (host_trains(bk)) {
         Trainable tr = model_trainable(bk->m);
         for (size_t i = 0; i < tr.n; i++) tr.grads[i] *= s;
         return;
@@ -391,10 +412,10 @@ void backend_scale_grads(Backend *bk, float s) {
 }
 
 void backend_adamw_step(Backend *bk, AdamW *opt) {
-    if (bk->dev == DEVICE_CPU) {
+    if (host_trains(bk)) {
         Trainable tr = model_trainable(bk->m);
         adamw_step(opt, tr.params, tr.grads);
-        lora_merge(bk->m);   // an adapter: the weights the next forward uses (nothing without one)
+        host_weights_changed(bk);   // an adapter: the weights the next forward uses
         return;
     }
 #ifdef SAFE_CUDA
@@ -403,7 +424,7 @@ void backend_adamw_step(Backend *bk, AdamW *opt) {
 }
 
 void backend_snapshot(Backend *bk) {
-    if (bk->dev == DEVICE_CPU) {
+    if (host_trains(bk)) {
         Trainable tr = model_trainable(bk->m);
         if (!bk->before) bk->before = xmalloc(tr.n * sizeof(float));
         memcpy(bk->before, tr.params, tr.n * sizeof(float));
@@ -415,11 +436,11 @@ void backend_snapshot(Backend *bk) {
 }
 
 void backend_blend(Backend *bk, float s) {
-    if (bk->dev == DEVICE_CPU) {
+    if (host_trains(bk)) {
         Trainable tr = model_trainable(bk->m);
         if (!bk->before) die(EXIT_USAGE, "backend_blend without a snapshot");
         for (size_t i = 0; i < tr.n; i++) tr.params[i] = bk->before[i] + s * (tr.params[i] - bk->before[i]);
-        lora_merge(bk->m);
+        host_weights_changed(bk);
         return;
     }
 #ifdef SAFE_CUDA
@@ -428,7 +449,7 @@ void backend_blend(Backend *bk, float s) {
 }
 
 void backend_sync(Backend *bk, AdamW *opt) {
-    if (bk->dev == DEVICE_CPU) return;
+    if (host_trains(bk)) return;   // the host holds them
 #ifdef SAFE_CUDA
     cuda_model_download(bk->cm, bk->m);
     if (opt) cuda_model_adamw_download(bk->cm, opt);

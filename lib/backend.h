@@ -7,7 +7,12 @@
 // adapter, whose merged weights are refreshed after each step; opt->m/v), so CPU results are
 // bit-identical to before. On CUDA the parameters, gradients and moments live on the device
 // from backend_create until backend_sync brings them back into the Model and AdamW (before
-// saving a checkpoint); a model with an adapter is refused there (exit 1).
+// saving a checkpoint). With an adapter on CUDA the device runs the model on the merged
+// weights and computes every weight's gradient as usual; backend_allreduce_grads brings the
+// summed weight gradients to the host and turns them into the adapter's by the chain rule
+// (lora_grads_from_full); clipping, AdamW and merging run on the host, which uploads the
+// merged weights after each step (the base's gradients are computed but not kept: LoRA saves
+// the optimiser state on CUDA, not yet the gradient compute).
 //
 //   Device d = device_select(o.device);            // --device cpu|cuda (NULL: automatic)
 //   Backend *bk = backend_create(m, d, "safe-update", o.quiet);
@@ -52,10 +57,6 @@ int device_cuda_available(void);   // built and a GPU visible
 
 typedef struct Backend Backend;
 
-// The device of a training tool: device_select(opt), except that a model with a LoRA adapter
-// trains on the CPU (not on the CUDA backend yet): an explicit --device cuda exits 1, an
-// automatic choice of the GPU falls back to the CPU with a note on stderr unless quiet.
-Device backend_train_device(const char *opt, const Model *m, const char *who, int quiet);
 
 // Wrap m (which stays the caller's) on device d; cuda uploads its parameters and, unless
 // quiet, prints the memory plan. who names the tool in messages.

@@ -207,6 +207,30 @@ void lora_round_grads(Lora *lo) {
     for (size_t i = 0; i < lo->n_params; i++) lo->grads[i] = (float)lo->grad_sum[i];
 }
 
+void lora_grads_from_full(Lora *lo, const Model *m, const float *full_grads) {
+    if (!lo->grads) lora_zero_grad(lo);
+    int r = lo->cfg.r;
+    for (int t = 0; t < LORA_NTARGETS; t++) {
+        if (!lo->A[t]) continue;
+        int in = lo->in[t], out = lo->out[t];
+        size_t off = (size_t)(model_matrix((Model *)m, t) - m->params);
+        float *dWT = scratch(lo, (size_t)in * out + (size_t)r * out + (size_t)(out > r ? out : r) * in);
+        float *BT = dWT + (size_t)in * out, *tmp = BT + (size_t)r * out;
+        for (int l = 0; l < lo->L; l++) {
+            const float *dW = full_grads + off + (size_t)l * out * in;   // (out, in)
+            const float *A = lo->A[t] + (size_t)l * r * in, *B = lo->B[t] + (size_t)l * out * r;
+            size_t ia = (size_t)(A - lo->params), ib = (size_t)(B - lo->params);
+            matmul_nt(tmp, dW, A, NULL, out, in, r, 0);   // (out, r) = dW A^T
+            for (size_t i = 0; i < (size_t)out * r; i++) lo->grad_sum[ib + i] = (double)lo->scale * tmp[i];
+            transpose(dWT, dW, out, in);                  // (in, out)
+            transpose(BT, B, out, r);                     // (r, out)
+            matmul_nt(tmp, BT, dWT, NULL, r, out, in, 0); // (r, in) = B^T dW
+            for (size_t i = 0; i < (size_t)r * in; i++) lo->grad_sum[ia + i] = (double)lo->scale * tmp[i];
+        }
+    }
+    lora_round_grads(lo);
+}
+
 void lora_backward(Lora *lo, int t, int l, const float *dy, const float *x, const float *xT, int N,
                    const int *seg_start, const int *seg_len, int nseg) {
     if (!lo->A[t] || N == 0) return;

@@ -72,6 +72,11 @@ void lora_merge(Model *m);
 // Free the adapter and forget it: m keeps the merged weights as plain weights.
 void lora_detach(Model *m);
 
+// The adapter's gradients (grads and grad_sum) from full_grads (n_params, model.h layout),
+// the gradient of the merged weights W', by the chain rule: dA = s B^T dW', dB = s dW' A^T.
+// The CUDA backend's way: its backward gives every weight's gradient on the device.
+void lora_grads_from_full(Lora *lo, const Model *m, const float *full_grads);
+
 void lora_zero_grad(Lora *lo);     // grads and grad_sum to zero (allocated on first use)
 void lora_round_grads(Lora *lo);   // grads = (float)grad_sum
 

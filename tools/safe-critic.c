@@ -592,7 +592,7 @@ int main(int argc, char **argv) {
 
     Critic *c = critic_load(&o);
     lora_check_output(o.out_critic, o.critic ? o.critic : o.init_from, c->backbone);
-    c->bk = backend_create(c->backbone, backend_train_device(o.device, c->backbone, "safe-critic", o.quiet), "safe-critic",
+    c->bk = backend_create(c->backbone, device_select(o.device), "safe-critic",
                            o.quiet);
     int B = (int)s->n;
     SeqBatch *sb = records_seqbatch(s, NULL, B);

@@ -513,7 +513,7 @@ int main(int argc, char **argv) {
                       .weight_decay = o.weight_decay};
     AdamW *opt = adamw_create(model_trainable(m).n, ac);
     lora_check_output(o.output, o.policy, m);
-    Backend *bk = backend_create(m, backend_train_device(o.device, m, "safe-update", o.quiet), "safe-update", o.quiet);
+    Backend *bk = backend_create(m, device_select(o.device), "safe-update", o.quiet);
     // the moments of what trains: a checkpoint's for its weights, an adapter's for the adapter
     // (a new adapter on a trained checkpoint starts from zero moments)
     if (lora_resumes_optimizer(o.policy, m)) {

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common.h"   // die, xmalloc
+#include "rng.h"      // rng_splitmix64
 #include "matmul.h"   // matmul_nt, matmul_nt_segsum, transpose: batch-invariant products
 
 const char *const lora_target_names[LORA_NTARGETS] = {"q_proj", "k_proj", "v_proj", "o_proj",
@@ -124,13 +125,6 @@ void lora_free(Lora *lo) {
     free(lo);
 }
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 void lora_init(Lora *lo, uint64_t seed) {
     uint64_t s = seed ^ 0x4c6f5241ull;   // "LoRA": a stream apart from the caller's other uses of seed
     memset(lo->params, 0, lo->n_params * sizeof(float));   // B = 0
@@ -139,7 +133,7 @@ void lora_init(Lora *lo, uint64_t seed) {
         double bound = 1.0 / sqrt((double)lo->in[t]);
         size_t n = (size_t)lo->L * lo->cfg.r * lo->in[t];
         for (size_t i = 0; i < n; i++) {
-            double u = ((splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;   // (0,1)
+            double u = ((rng_splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;   // (0,1)
             lo->A[t][i] = (float)((2.0 * u - 1.0) * bound);
         }
     }

@@ -28,6 +28,7 @@
 #include "model.h"
 
 #include "common.h"   // die, xmalloc/xcalloc, exit codes
+#include "rng.h"      // rng_splitmix64
 #include "mathfn.h"   // exp_approx
 #include "lora.h"     // lora_backward, lora_zero_grad: adapter gradients
 #include "matmul.h"   // matmul_nt: batch-invariant products; transpose
@@ -255,18 +256,12 @@ Model *model_clone(const Model *src) {
 }
 
 // splitmix64 -> uniform -> Box-Muller normal; deterministic for a seed
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 void model_init_random(Model *m, uint64_t seed, float std) {
     uint64_t s = seed;
     for (size_t i = 0; i < m->n_params; i += 2) {
-        double u1 = ((splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;  // (0,1)
-        double u2 = ((splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;
+        double u1 = ((rng_splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;  // (0,1)
+        double u2 = ((rng_splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;
         double r = sqrt(-2.0 * log(u1));
         m->params[i] = (float)(std * r * cos(2.0 * M_PI * u2));
         if (i + 1 < m->n_params) m->params[i + 1] = (float)(std * r * sin(2.0 * M_PI * u2));

@@ -9,12 +9,15 @@ void rng_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t ou
     philox4x32_10(ctr, key, out);
 }
 
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ULL;
+uint64_t rng_splitmix64(uint64_t *state) {
+    uint64_t x = (*state += 0x9E3779B97F4A7C15ULL);
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
     return x ^ (x >> 31);
 }
+
+// the finaliser alone: splitmix64's output for state x - step
+static uint64_t splitmix64(uint64_t x) { return rng_splitmix64(&x); }
 
 uint64_t rng_stream_key(uint64_t seed, const char *prompt_id, int sample_index, int iteration) {
     uint64_t h = 14695981039346656037ULL;   // FNV-1a 64 of the prompt id

@@ -17,6 +17,10 @@ void rng_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t ou
 // mixed with splitmix64 finalisers, so nearby seeds/indices give unrelated streams.
 uint64_t rng_stream_key(uint64_t seed, const char *prompt_id, int sample_index, int iteration);
 
+// splitmix64 (Steele et al.): advance *state by the golden-ratio step and mix it; a plain
+// seedable sequence for initialisations and shuffles (not the sampling streams above).
+uint64_t rng_splitmix64(uint64_t *state);
+
 // Four independent 32-bit words for (key, counter).
 void rng_u32x4(uint64_t key, uint64_t counter, uint32_t out[4]);
 // Uniform float in [0, 1) with 24 random bits (first word of the block).

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common.h"   // xmalloc, die
+#include "rng.h"          // rng_splitmix64: the shuffle
 
 static int row_of(const int *rows, int i) { return rows ? rows[i] : i; }
 
@@ -76,14 +77,10 @@ void pack_rows(const SeqBatch *full, const float *src, const int *rows, int n, c
 }
 
 void minibatch_order(int *idx, int n, unsigned long long seed) {
-    unsigned long long x = seed;
+    uint64_t x = seed;
     for (int i = 0; i < n; i++) idx[i] = i;
     for (int i = n - 1; i > 0; i--) {
-        x += 0x9E3779B97F4A7C15ULL;
-        unsigned long long z = x;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z ^= z >> 31;
+        uint64_t z = rng_splitmix64(&x);
         int j = (int)(z % (unsigned long long)(i + 1));
         int t = idx[i]; idx[i] = idx[j]; idx[j] = t;
     }

@@ -6,6 +6,7 @@
 // forward to matmul_nt (matmul.h) once that lands if bit-exact reruns across batchings matter.
 #include "valuehead.h"   // ValueHead, valuehead_forward/backward, valuehead_tensors
 #include "common.h"      // die, xmalloc, xcalloc
+#include "rng.h"      // rng_splitmix64
 #include "matmul.h"      // matmul_nt, matmul_nt_segsum, transpose
 
 #include <math.h>
@@ -33,18 +34,11 @@ static void valuehead_views(ValueHeadViews *v, float *base, int C, int Hd, int n
     }
 }
 
-// splitmix64: deterministic, seedable, good enough for initialisation
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 // dst (n) ~ U(−b, b)
 static void fill_uniform(float *dst, size_t n, float b, uint64_t *rng) {
     for (size_t i = 0; i < n; i++) {
-        float u = (float)(splitmix64(rng) >> 40) * (1.0f / 16777216.0f);   // [0, 1)
+        float u = (float)(rng_splitmix64(rng) >> 40) * (1.0f / 16777216.0f);   // [0, 1)
         dst[i] = -b + 2.0f * b * u;
     }
 }
